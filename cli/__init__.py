@@ -1,0 +1,1 @@
+"""The `thresher` command line: argument parsing only; the work lives in thresher.pipelines."""

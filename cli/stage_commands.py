@@ -1,0 +1,165 @@
+"""One CLI command per stage, generated from the stage's params model so options, defaults and help text
+live in one place (the model) and third-party stages get a command for free."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic.fields import FieldInfo
+from thresher.pipelines.executor import default_workers, run_stage
+from thresher.pipelines.progress import configure_logging, make_reporter
+from thresher.pipelines.stage import Stage
+
+COMMON_HELP = "Common options"
+GROUP_HELP = {
+    "dedup": "Remove duplicate documents across a whole shard set.",
+}
+
+
+def _option_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """The Python type Typer should parse, plus extra typer.Option arguments."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _option_type(args[0])
+    if origin is Literal:
+        values = [str(v) for v in typing.get_args(annotation)]
+        return enum.Enum("Choice", {v: v for v in values}, type=str), {}
+    if origin is list:
+        # Lists are given comma-separated: `--columns url,domain`.
+        return str, {"metavar": "A,B,..."}
+    return annotation, {}
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return any(typing.get_origin(a) is list for a in typing.get_args(annotation))
+    return origin is list
+
+
+def _field_option(name: str, field: FieldInfo) -> inspect.Parameter:
+    kind, extra = _option_type(field.annotation)
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
+    default = field.get_default(call_default_factory=True)
+    if _is_list(field.annotation) and default is not None:
+        default = ",".join(default)
+    option = typer.Option(*decls, help=field.description or "", show_default=default is not None, **extra)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+    )
+
+
+def _common_options() -> list[inspect.Parameter]:
+    def opt(name: str, kind: Any, default: Any, *decls: str, help: str) -> inspect.Parameter:
+        return inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=default,
+            annotation=Annotated[kind, typer.Option(*decls, help=help, rich_help_panel=COMMON_HELP)],
+        )
+
+    return [
+        opt("workers", int, default_workers(), "--workers", "-w", help="Parallel tasks (processes)."),
+        opt("seed", int, 0, "--seed", help="Seed for every random choice; same seed, same output bytes."),
+        opt(
+            "force", bool, False, "--force", help="Discard finished tasks in OUTPUT and run everything again."
+        ),
+        opt("quiet", bool, False, "--quiet", "-q", help="Print errors only."),
+    ]
+
+
+def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
+    fields = dict(cls.Params.model_fields)
+    files_input = cls.input_kind == "files"
+    fields.pop("inputs", None)
+    if files_input:
+        inputs = inspect.Parameter(
+            "inputs",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[
+                list[Path],
+                typer.Argument(
+                    help="Input files or folders (JSONL, .jsonl.gz, .jsonl.zst, Parquet, CSV, "
+                    "or a `datasets` save_to_disk folder).",
+                    show_default=False,
+                ),
+            ],
+        )
+    else:
+        inputs = inspect.Parameter(
+            "input_dir",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[
+                Path, typer.Argument(help="Input shard set (a folder of Parquet shards).", show_default=False)
+            ],
+        )
+    output = inspect.Parameter(
+        "output_dir",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=Annotated[
+            Path,
+            typer.Argument(help="Output folder; rerunning the same command resumes.", show_default=False),
+        ],
+    )
+    parameters = [inputs, output, *(_field_option(n, f) for n, f in fields.items()), *_common_options()]
+
+    def command(**kwargs: Any) -> None:
+        workers, seed, force, quiet = (kwargs.pop(k) for k in ("workers", "seed", "force", "quiet"))
+        output_dir = kwargs.pop("output_dir")
+        values = {k: _from_cli(fields[k], v) for k, v in kwargs.items() if k in fields}
+        if files_input:
+            sources = [p.resolve() for p in kwargs["inputs"]]
+            values["inputs"] = [str(p) for p in sources]
+            input_path = Path(os.path.commonpath([str(p if p.is_dir() else p.parent) for p in sources]))
+        else:
+            input_path = kwargs["input_dir"]
+        configure_logging(quiet)
+        params = cls.Params.model_validate(values)
+        run_stage(
+            cls.name,
+            params,
+            input_path,
+            output_dir,
+            seed=seed,
+            workers=workers,
+            force=force,
+            reporter=make_reporter(quiet),
+        )
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__name__ = cls.name.replace("-", "_")
+    command.__doc__ = f"{cls.summary}\n\nExample:\n\n    {cls.example}" if cls.example else cls.summary
+    return command
+
+
+def _from_cli(field: FieldInfo, value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if _is_list(field.annotation) and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def register(app: typer.Typer, stages: dict[str, type[Stage]]) -> None:
+    groups: dict[str, typer.Typer] = {}
+    for cls in stages.values():
+        if not cls.command:
+            continue
+        *group_path, leaf = cls.command
+        target = app
+        for part in group_path:
+            if part not in groups:
+                groups[part] = typer.Typer(help=GROUP_HELP.get(part, f"{part} stages."), no_args_is_help=True)
+                app.add_typer(groups[part], name=part)
+            target = groups[part]
+        command = make_command(cls)
+        target.command(name=leaf, help=command.__doc__)(command)

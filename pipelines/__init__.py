@@ -1,0 +1,1 @@
+"""Shard sets, manifests, the stage/phase/task model and the executors."""

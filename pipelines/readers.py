@@ -1,0 +1,180 @@
+"""Readers for raw inputs: JSON lines (plain, gzip, zstd), Parquet, CSV and `datasets` folders.
+
+Each reader streams Arrow tables of at most `batch_rows` rows and turns format errors into one line that
+names the file and, where the format allows, the line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from thresher.pipelines.errors import ThresherError, UsageError
+from thresher.pipelines.shards import iter_batches
+
+JSONL_SUFFIXES = (
+    ".jsonl",
+    ".ndjson",
+    ".json",
+    ".jsonl.gz",
+    ".ndjson.gz",
+    ".json.gz",
+    ".jsonl.zst",
+    ".ndjson.zst",
+    ".json.zst",
+)
+SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".csv", ".csv.gz")
+
+
+def is_hf_dataset(path: Path) -> bool:
+    """A folder written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
+    return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files and dataset folders to read, in a stable order: folders are searched for supported files."""
+    found: list[Path] = []
+    for path in inputs:
+        if not path.exists():
+            raise UsageError(f"{path}: input does not exist")
+        if path.is_file() or is_hf_dataset(path):
+            found.append(path)
+            continue
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith((".", "_"))
+        )
+        if not files:
+            raise ThresherError(f"{path}: no input files here (looked for {', '.join(SUFFIXES)})")
+        found.extend(files)
+    return found
+
+
+def _open_text(path: Path) -> IO[bytes]:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    rows: list[dict[str, object]] = []
+    schema: pa.Schema | None = None
+    with _open_text(path) as f:
+        try:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ThresherError(f"{path}:{lineno}: invalid UTF-8 at byte {exc.start}") from None
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ThresherError(
+                        f"{path}:{lineno}: malformed JSON ({exc.msg}, column {exc.colno})"
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise ThresherError(
+                        f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
+                    )
+                rows.append(obj)
+                if len(rows) >= batch_rows:
+                    table, schema = _rows_to_table(rows, schema, path, lineno)
+                    yield table
+                    rows = []
+        except (OSError, EOFError, ValueError) as exc:
+            if isinstance(exc, ThresherError):
+                raise
+            raise ThresherError(f"{path}: cannot decompress or read ({exc})") from None
+    if rows:
+        yield _rows_to_table(rows, schema, path, None)[0]
+
+
+def _rows_to_table(
+    rows: list[dict[str, object]], schema: pa.Schema | None, path: Path, lineno: int | None
+) -> tuple[pa.Table, pa.Schema]:
+    where = f"{path}:{lineno}" if lineno else str(path)
+    if schema is not None:
+        extra = sorted({k for r in rows for k in r} - set(schema.names))
+        if extra:
+            raise ThresherError(
+                f"{where}: key(s) {', '.join(extra)} not present in earlier rows; "
+                "pass --columns to choose the columns to keep"
+            )
+    try:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowException, TypeError) as exc:
+        raise ThresherError(f"{where}: values do not fit the types of earlier rows ({exc})") from None
+    return table, table.schema
+
+
+def _csv(path: Path, batch_rows: int, string_columns: list[str]) -> Iterator[pa.Table]:
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
+    try:
+        reader = pacsv.open_csv(
+            path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20)
+        )
+        for batch in reader:
+            for start in range(0, batch.num_rows, batch_rows):
+                yield pa.Table.from_batches([batch.slice(start, batch_rows)])
+    except (pa.ArrowException, OSError) as exc:
+        raise ThresherError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+
+
+def _hf(path: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise ThresherError(f"{path}: cannot load the saved dataset ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds)
+        chosen = split or ("train" if "train" in ds else (names[0] if len(names) == 1 else None))
+        if chosen not in ds:
+            raise UsageError(f"{path}: a dataset with splits {', '.join(names)}; pass --split")
+        ds = ds[chosen]
+    yield from ds.with_format("arrow").iter(batch_size=batch_rows)
+
+
+def read_source(
+    path: Path, batch_rows: int, *, split: str | None = None, string_columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """Stream one raw input as Arrow tables."""
+    name = path.name
+    if is_hf_dataset(path):
+        yield from _hf(path, batch_rows, split)
+    elif name.endswith(JSONL_SUFFIXES):
+        yield from _jsonl(path, batch_rows)
+    elif name.endswith(".parquet"):
+        for batch in iter_batches(path, batch_rows=batch_rows):
+            yield pa.Table.from_batches([batch])
+    elif name.endswith((".csv", ".csv.gz")):
+        yield from _csv(path, batch_rows, string_columns or [])
+    else:
+        raise UsageError(
+            f"{path}: unknown input format; supported: {', '.join(SUFFIXES)} or a `datasets` folder"
+        )
+
+
+def parquet_rows(path: Path) -> int | None:
+    """Row count when the format stores it, for progress bars."""
+    if path.name.endswith(".parquet"):
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError):
+            return None
+    return None

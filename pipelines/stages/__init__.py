@@ -1,0 +1,1 @@
+"""Built-in stage plugins, registered under the `thresher.stages` entry-point group."""

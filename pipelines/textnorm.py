@@ -1,0 +1,15 @@
+"""Text normalisation shared by the dedup stages, vectorised over Arrow arrays."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def normalise(texts: pa.Array, lowercase: bool = True) -> pa.Array:
+    """Collapse whitespace runs to one space and trim; optionally lowercase. Nulls become empty strings."""
+    texts = pc.fill_null(texts, "")
+    if lowercase:
+        texts = pc.utf8_lower(texts)
+    texts = pc.replace_substring_regex(texts, r"\s+", " ")
+    return pc.utf8_trim_whitespace(texts)

@@ -1,0 +1,1 @@
+"""Model wrappers and trainers used by the stages."""
