@@ -98,15 +98,10 @@ def plan_stage(
     stage = cls(params, StageContext(input_path, output, seed, shard_set))
     files = _input_files(cls, stage)
     params_json = params.model_dump(mode="json")
-    fingerprint = value_digest(
-        {
-            "stage": cls.name,
-            "version": cls.version,
-            "params": params_json,
-            "seed": seed,
-            "inputs": [f.digest for f in files],
-        }
+    params_fingerprint = value_digest(
+        {"stage": cls.name, "version": cls.version, "params": params_json, "seed": seed}
     )
+    fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files]})
     if (output / MANIFEST_NAME).exists():
         if Manifest.read(output).fingerprint == fingerprint:
             return Plan.read(output), True
@@ -123,6 +118,7 @@ def plan_stage(
         input_manifest_digest=file_digest(input_path / MANIFEST_NAME) if manifest else None,
         input_files=files,
         fingerprint=fingerprint,
+        params_fingerprint=params_fingerprint,
         phases=stage.phases(),
         output=output,
     )
@@ -158,7 +154,7 @@ def task_fingerprint(plan: Plan, phase_index: int, task_index: int, digests: dic
         inputs.append(digests.get(resolved) or file_digest(Path(path)))
     return value_digest(
         {
-            "stage": plan.fingerprint,
+            "stage": plan.params_fingerprint,
             "phase": plan.phases[phase_index].name,
             "key": task.key,
             "args": task.args,
@@ -317,9 +313,11 @@ def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
     outputs = stage.output_shards(records)
     keep = {f.path for r in records for f in r.outputs}
     # Files of an earlier run with other params or inputs must not pass for part of this shard set.
-    for stray in [*plan.output.glob("*.parquet"), *(plan.output / DROPPED_DIR).glob("*.parquet")]:
-        if stray.relative_to(plan.output).as_posix() not in keep:
-            stray.unlink()
+    # So must temp files of a killed run.
+    for folder in (plan.output, plan.output / DROPPED_DIR):
+        for stray in [*folder.glob("*.parquet"), *folder.glob(".*.tmp")]:
+            if stray.relative_to(plan.output).as_posix() not in keep:
+                stray.unlink()
     shutil.rmtree(plan.state_dir / "work", ignore_errors=True)
     totals = RowCounts()
     counted = [r for r in records if r.counts is not None]

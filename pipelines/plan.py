@@ -35,7 +35,8 @@ class Plan:
     input_stage: str | None
     input_manifest_digest: str | None
     input_files: list[FileRecord]  # input shards, or raw files for ingest, with digests
-    fingerprint: str
+    fingerprint: str  # of (stage, version, params, seed, all inputs): the whole run
+    params_fingerprint: str  # of (stage, version, params, seed): what each task's fingerprint builds on
     phases: list[PhaseSpec]
     output: Path
 
@@ -58,6 +59,7 @@ class Plan:
             "input_manifest_digest": self.input_manifest_digest,
             "input_files": [f.model_dump() for f in self.input_files],
             "fingerprint": self.fingerprint,
+            "params_fingerprint": self.params_fingerprint,
             "phases": [{"name": p.name, "tasks": [t.to_json() for t in p.tasks]} for p in self.phases],
         }
 
@@ -81,6 +83,7 @@ class Plan:
             input_manifest_digest=data["input_manifest_digest"],
             input_files=[FileRecord.model_validate(f) for f in data["input_files"]],
             fingerprint=data["fingerprint"],
+            params_fingerprint=data["params_fingerprint"],
             phases=[
                 PhaseSpec(p["name"], [TaskSpec.from_json(t) for t in p["tasks"]]) for p in data["phases"]
             ],

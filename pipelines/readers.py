@@ -47,14 +47,27 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
         if path.is_file() or is_hf_dataset(path):
             found.append(path)
             continue
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith((".", "_"))
-        )
+        files = _inputs_under(path)
         if not files:
             raise ThresherError(f"{path}: no input files here (looked for {', '.join(SUFFIXES)})")
         found.extend(files)
+    return found
+
+
+def _inputs_under(folder: Path) -> list[Path]:
+    # Depth first in name order, which is sorted path order. A saved dataset is one input, not its
+    # .json metadata; names starting with "." or "_" (a shard set's _dropped/, _thresher/, _manifest.json)
+    # are not data, so a shard set folder can be ingested again.
+    found: list[Path] = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith((".", "_")):
+            continue
+        if is_hf_dataset(p):
+            found.append(p)
+        elif p.is_dir():
+            found.extend(_inputs_under(p))
+        elif p.is_file() and p.name.endswith(SUFFIXES):
+            found.append(p)
     return found
 
 
@@ -115,7 +128,20 @@ def _rows_to_table(
                 "pass --columns to choose the columns to keep"
             )
     try:
-        table = pa.Table.from_pylist(rows, schema=schema)
+        if schema is None:
+            # Columns from every row of the batch: from_pylist would keep the first row's keys alone.
+            table = pa.Table.from_struct_array(pa.array(rows))
+        else:
+            if any(pa.types.is_null(f.type) for f in schema):
+                # A key null in every earlier row has no type yet; the first values seen give it one.
+                seen = pa.array(rows).type
+                schema = pa.schema(
+                    seen.field(f.name)
+                    if pa.types.is_null(f.type) and seen.get_field_index(f.name) >= 0
+                    else f
+                    for f in schema
+                )
+            table = pa.Table.from_pylist(rows, schema=schema)
     except (pa.ArrowException, TypeError) as exc:
         raise ThresherError(f"{where}: values do not fit the types of earlier rows ({exc})") from None
     return table, table.schema

@@ -8,15 +8,18 @@ the outputs of earlier phases.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
+from thresher.pipelines.atomic import atomic_path
+from thresher.pipelines.digest import file_digest
 from thresher.pipelines.manifest import FileRecord, RowCounts, TaskRecord
 from thresher.pipelines.shards import DROPPED_DIR, STATE_DIR, ShardSet, ShardWriter
 
@@ -84,6 +87,15 @@ class TaskContext:
     def record(self, file: FileRecord) -> None:
         rel = Path(file.path).resolve().relative_to(self.stage.ctx.output.resolve())
         self.outputs.append(file.model_copy(update={"path": rel.as_posix()}))
+
+    @contextlib.contextmanager
+    def artifact(self, name: str) -> Iterator[Path]:
+        """A temp path to write a model or other artifact to; renamed into OUTPUT/name and recorded on
+        success, removed on error."""
+        path = self.stage.ctx.output / name
+        with atomic_path(path) as tmp:
+            yield tmp
+        self.record(FileRecord(path=str(path), size=path.stat().st_size, digest=file_digest(path)))
 
     def dropped_path(self, shard_name: str) -> Path:
         return self.stage.ctx.output / DROPPED_DIR / shard_name

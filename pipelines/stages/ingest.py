@@ -57,14 +57,10 @@ class Ingest(Stage):
     def raw_inputs(self) -> list[Path]:
         return expand_inputs([Path(p) for p in self.params.inputs])
 
-    def _label(self, source: Path) -> str:
-        # Derived ids and error messages name a source by its path relative to the common input folder.
-        sources = self.raw_inputs()
-        root = Path(os.path.commonpath([str(s.parent) for s in sources]))
-        return source.relative_to(root).as_posix()
-
     def phases(self) -> list[PhaseSpec]:
         sources = self.raw_inputs()
+        # Derived ids and messages name a source by its path relative to the inputs' common folder.
+        root = Path(os.path.commonpath([str(s.parent) for s in sources]))
         rows = [parquet_rows(s) for s in sources]
         total = sum(r or self.params.rows_per_shard for r in rows)
         n = buckets_for(total)
@@ -73,7 +69,12 @@ class Ingest(Stage):
             PhaseSpec(
                 "read",
                 [
-                    TaskSpec(f"source-{i:05d}", (str(s),), {"source": i, "buckets": n}, r)
+                    TaskSpec(
+                        f"source-{i:05d}",
+                        (str(s),),
+                        {"source": i, "buckets": n, "label": s.relative_to(root).as_posix()},
+                        r,
+                    )
                     for i, (s, r) in enumerate(zip(sources, rows, strict=True))
                 ],
             ),
@@ -89,12 +90,13 @@ class Ingest(Stage):
         p = self.params
         source = Path(task.inputs[0])
         index = task.args["source"]
-        label = self._label(source)
+        label = task.args["label"]
         ids_writer = HashBucketWriter(
             self.ctx.work / "ids" / f"source-{index:05d}.parquet", task.args["buckets"]
         )
         dropped = tc.writer(tc.dropped_path(f"source-{index:05d}.parquet"), DROPPED_SCHEMA)
         shard: ShardWriter | None = None
+        schema: pa.Schema | None = None
         chunk = rows_in = rows_out = 0
         reasons: Counter[str] = Counter()
         writers: list[ShardWriter] = [dropped]
@@ -103,9 +105,11 @@ class Ingest(Stage):
                 source,
                 p.batch_rows,
                 split=p.split,
-                string_columns=[c for c in (p.text_column, p.id_column) if c],
+                # The default `id` too: a CSV id like "007" read as a number would come out as "7".
+                string_columns=[p.text_column, p.id_column or ID_COLUMN],
             ):
-                table, empty = self._to_output(table, source, label, rows_in)
+                start = rows_in
+                table, empty = self._to_output(table, source, label, start)
                 ids = table[ID_COLUMN].combine_chunks()
                 ids_writer.add(hash128(ids), index, np.arange(rows_in, rows_in + table.num_rows), ids)
                 rows_in += table.num_rows
@@ -115,6 +119,8 @@ class Ingest(Stage):
                     reasons[REASON_EMPTY] += drops.num_rows
                     dropped.write(drops)
                     table = table.filter(pc.invert(empty))
+                if table.num_rows:
+                    table, schema = _same_schema(table, schema, source, start)
                 while table.num_rows:
                     if shard is None:
                         path = self.ctx.output / f"part-{index:05d}-{chunk:05d}.parquet"
@@ -151,7 +157,12 @@ class Ingest(Stage):
                 f"{source}: no column '{p.text_column}' (columns: {', '.join(names)}); pass --text-column"
             )
         text = table[p.text_column]
-        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        # Null type: a JSON lines batch whose texts are all null; such rows are screened as empty below.
+        if not (
+            pa.types.is_string(text.type)
+            or pa.types.is_large_string(text.type)
+            or pa.types.is_null(text.type)
+        ):
             raise ThresherError(f"{source}: column '{p.text_column}' holds {text.type}, not text")
         text = text.cast(pa.string())
         try:
@@ -215,3 +226,24 @@ class Ingest(Stage):
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         return {"sources": [r.extra.get("source") for r in records if r.phase == "read"]}
+
+
+def _same_schema(
+    table: pa.Table, schema: pa.Schema | None, source: Path, start: int
+) -> tuple[pa.Table, pa.Schema]:
+    """Rows from `start` on in the columns and types of the source's first rows, so that all of its shards
+    read as one table (JSON lines types come from the values each batch happens to hold)."""
+    if schema is None or table.schema == schema:
+        return table, table.schema
+    try:
+        return table.cast(schema), schema
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        changed = next(
+            (f for f in table.schema if f.name not in schema.names or schema.field(f.name).type != f.type),
+            table.schema.field(0),
+        )
+        was = schema.field(changed.name).type if changed.name in schema.names else "absent"
+        raise ThresherError(
+            f"{source}: column '{changed.name}' is {was} in the rows before row {start} and "
+            f"{changed.type} from there on; pass --columns to leave it out"
+        ) from None

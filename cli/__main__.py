@@ -1,0 +1,3 @@
+from thresher.cli.app import main
+
+main()
