@@ -173,12 +173,22 @@ def inspect_cmd(path: INPUT) -> None:
     if report.lineage:
         lin = Table(title="lineage: what each stage kept and dropped (newest first)")
         for column in ("stage", "rows in", "kept", "dropped", "path"):
-            lin.add_column(column, justify="right" if column in ("rows in", "kept") else "left")
+            lin.add_column(
+                column, justify="right" if column in ("rows in", "kept") else "left", overflow="fold"
+            )
         for step in report.lineage:
             dropped = ", ".join(f"{k}: {v:,}" for k, v in step.counts.dropped.items()) or "-"
-            where = step.path + (f"\n  from {', '.join(step.raw_files)}" if step.raw_files else "")
+            where = _short(step.path)
+            if step.raw_files:
+                where += "\n  from " + ", ".join(_short(f) for f in step.raw_files)
             lin.add_row(step.stage, f"{step.counts.rows_in:,}", f"{step.counts.rows_out:,}", dropped, where)
         console.print(lin)
+
+
+def _short(path: str) -> str:
+    """A path relative to the working folder when it is under it: tables stay narrow."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 @app.command("export")

@@ -19,6 +19,11 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Typer ships its own copy of click; BadParameter's base is that copy's UsageError, which every
+# command-line parsing error (bad value, unknown option, missing argument) derives from.
+ClickUsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
 class ThresherGroup(TyperGroup):
     """Catches ThresherError anywhere below it: bad input is a one-line message, not a traceback."""
 
@@ -28,6 +33,11 @@ class ThresherGroup(TyperGroup):
         except ThresherError as exc:
             typer.echo(f"thresher: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except ClickUsageError as exc:
+            name = exc.ctx.command_path if getattr(exc, "ctx", None) else "thresher"  # type: ignore[attr-defined]
+            message = exc.format_message()  # type: ignore[attr-defined]
+            typer.echo(f"thresher: error: {message} (see '{name} --help')", err=True)
+            raise typer.Exit(UsageError.exit_code) from None
         except ValidationError as exc:
             typer.echo(f"thresher: error: {validation_message(exc)}", err=True)
             raise typer.Exit(UsageError.exit_code) from None

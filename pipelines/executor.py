@@ -368,12 +368,13 @@ def run_stage(
     force: bool = False,
     reporter: Reporter | None = None,
 ) -> Manifest:
-    """Plan, run and finish a stage. A bad-input error removes this stage's partial output; a crash or kill
-    leaves finished tasks in place so running the same command again resumes."""
+    """Plan, run and finish a stage. A crash or kill leaves finished tasks in place, so running the same
+    command again resumes; a bad-input error removes the output folder if this run created it."""
     output = Path(output)
     if force and output.exists():
         _check_output(output, get_stage(stage_name).name, Path(input_path))
         shutil.rmtree(output)
+    fresh = not output.exists() or (output.is_dir() and not any(output.iterdir()))
     plan, finished = plan_stage(stage_name, params, input_path, output, seed)
     reporter = reporter or SilentReporter()
     if finished:
@@ -383,7 +384,10 @@ def run_stage(
         records = LocalExecutor(workers, False, reporter).run(plan)
         manifest = finalize(plan, records)
     except ThresherError:
-        shutil.rmtree(output, ignore_errors=True)
+        # Bad input: a folder this run created goes away whole. A folder of an earlier run stays, but
+        # without a manifest, so no later stage mistakes it for a finished shard set.
+        if fresh:
+            shutil.rmtree(output, ignore_errors=True)
         raise
     reporter.stage_finished(manifest)
     return manifest

@@ -25,7 +25,8 @@ HASH_SCHEMA = pa.schema(
         ("id", pa.string()),
     ]
 )
-ROWS_PER_BUCKET = 2_000_000
+# A reduce task holds one bucket in memory: about 60 bytes a row, so 250k rows stay near 15 MB.
+ROWS_PER_BUCKET = 250_000
 
 
 def buckets_for(rows: int) -> int:
@@ -41,43 +42,55 @@ def hash128(values: pa.Array) -> np.ndarray:
 
 
 class HashBucketWriter:
-    """Collects (hash, shard, row, id) for one map task and writes them as one file with a row group per
-    bucket, so a reduce task reads only its bucket from each file."""
+    """Writes (hash, shard, row, id) rows of one map task to one file, each row group holding a single
+    bucket, so a reduce task reads only its own bucket from every file. Rows are flushed every
+    `flush_rows`, which bounds memory for inputs of any size."""
 
-    def __init__(self, path: Path, n_buckets: int) -> None:
-        self.path = path
+    def __init__(self, path: Path, n_buckets: int, flush_rows: int = 1_000_000) -> None:
         self.n_buckets = n_buckets
-        self._parts: list[pa.Table] = []
+        self.flush_rows = flush_rows
+        self._writer = ShardWriter(path, HASH_SCHEMA)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
     def add(self, hashes: np.ndarray, shard: int, rows: np.ndarray, ids: pa.Array) -> None:
         if len(rows) == 0:
             return
         bucket = (hashes[:, 0] % np.uint64(self.n_buckets)).astype(np.int32)
-        self._parts.append(
-            pa.table(
-                {
-                    "bucket": bucket,
-                    "h1": hashes[:, 0],
-                    "h2": hashes[:, 1],
-                    "shard": np.full(len(rows), shard, np.int32),
-                    "row": rows.astype(np.int64),
-                    "id": ids,
-                },
-                schema=HASH_SCHEMA,
-            )
-        )
+        columns = {
+            "bucket": bucket,
+            "h1": hashes[:, 0],
+            "h2": hashes[:, 1],
+            "shard": np.full(len(rows), shard, np.int32),
+            "row": rows.astype(np.int64),
+            "id": ids,
+        }
+        self._pending.append(pa.table(columns, schema=HASH_SCHEMA))
+        self._pending_rows += len(rows)
+        if self._pending_rows >= self.flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending).sort_by([("bucket", "ascending"), ("row", "ascending")])
+        self._pending, self._pending_rows = [], 0
+        buckets = table["bucket"].to_numpy()
+        bounds = np.searchsorted(buckets, np.arange(self.n_buckets + 1), side="left")
+        for b in range(self.n_buckets):
+            if bounds[b + 1] > bounds[b]:
+                self._writer.write(table.slice(bounds[b], bounds[b + 1] - bounds[b]))
 
     def close(self) -> FileRecord:
-        table = pa.concat_tables(self._parts) if self._parts else HASH_SCHEMA.empty_table()
-        table = table.sort_by([("bucket", "ascending"), ("row", "ascending")])
-        writer = ShardWriter(self.path, HASH_SCHEMA)
-        with writer:
-            buckets = table["bucket"].to_numpy()
-            bounds = np.searchsorted(buckets, np.arange(self.n_buckets + 1), side="left")
-            for b in range(self.n_buckets):
-                if bounds[b + 1] > bounds[b]:
-                    writer.write(table.slice(bounds[b], bounds[b + 1] - bounds[b]))
-        return writer.close()
+        try:
+            self._flush()
+        except BaseException:
+            self._writer.abort()
+            raise
+        return self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.abort()
 
 
 def read_bucket(paths: list[Path], bucket: int) -> pa.Table:

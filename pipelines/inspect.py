@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasketches import kll_doubles_sketch
 from thresher.pipelines.manifest import MANIFEST_NAME, Manifest, RowCounts
 from thresher.pipelines.shards import ShardSet, iter_batches
@@ -52,6 +53,18 @@ def lineage(path: Path) -> list[LineageStep]:
     return steps
 
 
+def _quantiles(sketch: kll_doubles_sketch) -> list[float]:
+    # KLL's interior quantiles are estimates (and randomised run to run); its min and max are exact.
+    inner = sketch.get_quantiles(list(QUANTILES[1:-1]))
+    return [sketch.get_min_value(), *inner, sketch.get_max_value()]
+
+
+def _quantiles(sketch: kll_doubles_sketch) -> list[float]:
+    # KLL's interior quantiles are estimates (randomised run to run); its min and max are exact.
+    inner = sketch.get_quantiles(list(QUANTILES[1:-1]))
+    return [sketch.get_min_value(), *inner, sketch.get_max_value()]
+
+
 def describe(path: Path) -> ShardSetReport:
     shard_set = ShardSet.open(path, required_columns=())
     schema = shard_set.shards[0].schema
@@ -69,15 +82,11 @@ def describe(path: Path) -> ShardSetReport:
                     if len(values):
                         sketches[name].update(values)
                 if has_text:
-                    import pyarrow.compute as pc
-
                     lengths = pc.utf8_length(batch.column("text")).drop_null().to_numpy(zero_copy_only=False)
                     if len(lengths):
                         length_sketch.update(lengths.astype(np.float64))
-    quantiles = {
-        name: list(s.get_quantiles(list(QUANTILES))) for name, s in sketches.items() if not s.is_empty()
-    }
-    text_length = list(length_sketch.get_quantiles(list(QUANTILES))) if not length_sketch.is_empty() else []
+    quantiles = {name: _quantiles(s) for name, s in sketches.items() if not s.is_empty()}
+    text_length = _quantiles(length_sketch) if not length_sketch.is_empty() else []
     return ShardSetReport(
         path=path,
         stage=shard_set.manifest.stage if shard_set.manifest else None,

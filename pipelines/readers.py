@@ -38,8 +38,9 @@ def is_hf_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files and dataset folders to read, in a stable order: folders are searched for supported files."""
+def expand_inputs(inputs: list[Path], output: Path | None = None) -> list[Path]:
+    """Files and dataset folders to read, in a stable order: folders are searched for supported files,
+    leaving out `output` (an output folder inside an input folder would have a rerun read its own shards)."""
     found: list[Path] = []
     for path in inputs:
         if not path.exists():
@@ -47,25 +48,25 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
         if path.is_file() or is_hf_dataset(path):
             found.append(path)
             continue
-        files = _inputs_under(path)
+        files = _inputs_under(path, output.resolve() if output else None)
         if not files:
             raise ThresherError(f"{path}: no input files here (looked for {', '.join(SUFFIXES)})")
         found.extend(files)
     return found
 
 
-def _inputs_under(folder: Path) -> list[Path]:
+def _inputs_under(folder: Path, output: Path | None) -> list[Path]:
     # Depth first in name order, which is sorted path order. A saved dataset is one input, not its
     # .json metadata; names starting with "." or "_" (a shard set's _dropped/, _thresher/, _manifest.json)
     # are not data, so a shard set folder can be ingested again.
     found: list[Path] = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith((".", "_")):
+        if p.name.startswith((".", "_")) or (output is not None and p.resolve() == output):
             continue
         if is_hf_dataset(p):
             found.append(p)
         elif p.is_dir():
-            found.extend(_inputs_under(p))
+            found.extend(_inputs_under(p, output))
         elif p.is_file() and p.name.endswith(SUFFIXES):
             found.append(p)
     return found
@@ -75,15 +76,16 @@ def _open_text(path: Path) -> IO[bytes]:
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.name.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        # pyarrow's stream, not zstandard's stream_reader: that one ends quietly at a cut-short file, so a
+        # truncated download would be ingested in part without a word.
+        return io.BufferedReader(pa.input_stream(str(path), compression="zstd"))
     return open(path, "rb")
 
 
 def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
     rows: list[dict[str, object]] = []
     schema: pa.Schema | None = None
+    first = last = 0  # lines of the batch in `rows`
     with _open_text(path) as f:
         try:
             for lineno, raw in enumerate(f, start=1):
@@ -94,7 +96,8 @@ def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
                 except UnicodeDecodeError as exc:
                     raise ThresherError(f"{path}:{lineno}: invalid UTF-8 at byte {exc.start}") from None
                 try:
-                    obj = json.loads(line)
+                    # Without its newline, a line cut short fails on this line, not at column 1 of the next.
+                    obj = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
                     raise ThresherError(
                         f"{path}:{lineno}: malformed JSON ({exc.msg}, column {exc.colno})"
@@ -103,9 +106,10 @@ def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
                     raise ThresherError(
                         f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
                     )
+                first, last = (first if rows else lineno), lineno
                 rows.append(obj)
                 if len(rows) >= batch_rows:
-                    table, schema = _rows_to_table(rows, schema, path, lineno)
+                    table, schema = _rows_to_table(rows, schema, _lines(path, first, last))
                     yield table
                     rows = []
         except (OSError, EOFError, ValueError) as exc:
@@ -113,37 +117,39 @@ def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
                 raise
             raise ThresherError(f"{path}: cannot decompress or read ({exc})") from None
     if rows:
-        yield _rows_to_table(rows, schema, path, None)[0]
+        yield _rows_to_table(rows, schema, _lines(path, first, last))[0]
+
+
+def _lines(path: Path, first: int, last: int) -> str:
+    return f"{path}:{first}" if first == last else f"{path}:{first}-{last}"
 
 
 def _rows_to_table(
-    rows: list[dict[str, object]], schema: pa.Schema | None, path: Path, lineno: int | None
+    rows: list[dict[str, object]], schema: pa.Schema | None, where: str
 ) -> tuple[pa.Table, pa.Schema]:
-    where = f"{path}:{lineno}" if lineno else str(path)
-    if schema is not None:
-        extra = sorted({k for r in rows for k in r} - set(schema.names))
-        if extra:
-            raise ThresherError(
-                f"{where}: key(s) {', '.join(extra)} not present in earlier rows; "
-                "pass --columns to choose the columns to keep"
-            )
     try:
         if schema is None:
             # Columns from every row of the batch: from_pylist would keep the first row's keys alone.
             table = pa.Table.from_struct_array(pa.array(rows))
         else:
-            if any(pa.types.is_null(f.type) for f in schema):
-                # A key null in every earlier row has no type yet; the first values seen give it one.
+            new_keys = {k for r in rows for k in r} - set(schema.names)
+            if new_keys or any(pa.types.is_null(f.type) for f in schema):
+                # A key null in every earlier row takes its type from the first values seen, and a new key
+                # joins the schema: the caller, who knows which columns are wanted, decides if that is
+                # an error.
                 seen = pa.array(rows).type
                 schema = pa.schema(
-                    seen.field(f.name)
-                    if pa.types.is_null(f.type) and seen.get_field_index(f.name) >= 0
-                    else f
-                    for f in schema
+                    [
+                        seen.field(f.name)
+                        if pa.types.is_null(f.type) and seen.get_field_index(f.name) >= 0
+                        else f
+                        for f in schema
+                    ]
+                    + [f for f in seen if f.name in new_keys]
                 )
             table = pa.Table.from_pylist(rows, schema=schema)
     except (pa.ArrowException, TypeError) as exc:
-        raise ThresherError(f"{where}: values do not fit the types of earlier rows ({exc})") from None
+        raise ThresherError(f"{where}: a key holds values of different types ({exc})") from None
     return table, table.schema
 
 
@@ -171,7 +177,8 @@ def _hf(path: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
         names = list(ds)
         chosen = split or ("train" if "train" in ds else (names[0] if len(names) == 1 else None))
         if chosen not in ds:
-            raise UsageError(f"{path}: a dataset with splits {', '.join(names)}; pass --split")
+            hint = f"no split '{split}'" if split else "no 'train' split"
+            raise UsageError(f"{path}: {hint}; pass --split with one of: {', '.join(names)}")
         ds = ds[chosen]
     yield from ds.with_format("arrow").iter(batch_size=batch_rows)
 

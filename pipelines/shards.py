@@ -131,6 +131,7 @@ class ShardWriter:
         self.path = path
         self.schema = schema
         self.rows = 0
+        self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = tmp_path_for(path)
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", write_statistics=True)
@@ -147,6 +148,7 @@ class ShardWriter:
             self.rows += data.num_rows
 
     def close(self) -> FileRecord:
+        self._closed = True
         self._writer.close()
         os.replace(self._tmp, self.path)
         return FileRecord(
@@ -154,6 +156,9 @@ class ShardWriter:
         )
 
     def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._writer.close()
         finally:
@@ -179,10 +184,18 @@ def dropped_table(
         reasons = pa.array([reasons] * n, pa.string())
     return pa.table(
         {
-            "id": pa.array(ids, pa.string()),
+            "id": _strings(ids),
             "stage": pa.array([stage] * n, pa.string()),
-            "reason": pa.array(reasons, pa.string()),
-            "detail": pa.array(details if details is not None else [None] * n, pa.string()),
+            "reason": _strings(reasons),
+            "detail": _strings(details if details is not None else [None] * n),
         },
         schema=DROPPED_SCHEMA,
     )
+
+
+def _strings(values: pa.Array | pa.ChunkedArray | list[str | None]) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(pa.string())
+    return pa.array(values, pa.string())

@@ -208,3 +208,19 @@ def test_exact_dedup_drops_exactly_the_later_repeats_across_shards(tmp_path: Pat
     assert manifest.totals.dropped == {"exact_duplicate": len(expected)}
     assert manifest.summary["duplicate_rows"] == len(expected)
     check_accounting(corpus, out)
+
+
+def test_failed_rerun_keeps_the_folder_but_marks_it_unfinished(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text('{"id": "a", "text": "one"}\n')
+    bad.write_text('{"id": "b", "text": \n')
+    out = tmp_path / "out"
+    run_cli("ingest", str(good), str(out), "-q")
+    failed = run_cli("ingest", str(bad), str(out), "-q", check=False)
+    assert failed.returncode == 1 and "bad.jsonl:1: malformed JSON" in failed.stderr
+    assert out.is_dir() and not (out / "_manifest.json").exists()
+    refused = run_cli("dedup", "exact", str(out), str(tmp_path / "next"), check=False)
+    assert refused.returncode == 1 and "unfinished thresher output" in refused.stderr
+    assert not (tmp_path / "next").exists()
+    run_cli("ingest", str(good), str(out), "-q")
+    assert Manifest.read(out).totals.rows_out == 1

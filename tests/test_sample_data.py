@@ -269,3 +269,13 @@ def test_small_and_empty_corpora() -> None:
     assert empty.truth.schema == TRUTH_SCHEMA
     assert generate_instructions(0).num_rows == 0
     assert generate_web(1).truth.column("kind").to_pylist() == ["clean"]
+
+
+def test_committed_sample_data_is_the_generators_output(tmp_path: Path) -> None:
+    """sample_data/ is exactly what `thresher sample-data` makes with seed 0, so anyone can rebuild it."""
+    committed = Path(__file__).resolve().parents[1] / "sample_data"
+    write_sample_data(tmp_path)
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    for rel in made:
+        assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), rel

@@ -127,26 +127,23 @@ class ExactDedup(Stage):
     def _filter(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         shard = task.args["shard"]
         parts = [pq.read_table(p, filters=[("shard", "=", shard)]) for p in task.inputs[1:]]
-        decided = pa.concat_tables(parts) if parts else DECISION_SCHEMA.empty_table()
-        dup_of = dict(zip(decided["row"].to_pylist(), decided["dup_of"].to_pylist(), strict=True))
+        decided = pa.concat_tables(parts).sort_by("row") if parts else DECISION_SCHEMA.empty_table()
+        dup_rows = decided["row"].to_numpy()
+        dup_of = decided["dup_of"]
         offset = 0
 
         def drop_repeats(batch: pa.RecordBatch) -> BatchOutcome:
             nonlocal offset
             rows = np.arange(offset, offset + batch.num_rows)
             offset += batch.num_rows
-            is_dup = (
-                np.fromiter((r in dup_of for r in rows), bool, len(rows))
-                if dup_of
-                else np.zeros(len(rows), bool)
-            )
+            is_dup = np.isin(rows, dup_rows, assume_unique=True)
             if not is_dup.any():
                 return BatchOutcome(batch)
-            dropped_ids = batch.column(ID_COLUMN).filter(pa.array(is_dup))
-            details = [dup_of[r] for r in rows[is_dup]]
-            return BatchOutcome(
-                batch.filter(pa.array(~is_dup)), dropped_table(dropped_ids, self.name, REASON, details)
+            details = dup_of.take(pa.array(np.searchsorted(dup_rows, rows[is_dup])))
+            dropped = dropped_table(
+                batch.column(ID_COLUMN).filter(pa.array(is_dup)), self.name, REASON, details
             )
+            return BatchOutcome(batch.filter(pa.array(~is_dup)), dropped)
 
         return map_shard(Path(task.inputs[0]), tc, drop_repeats, writes_dropped=True)
 

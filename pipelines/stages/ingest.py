@@ -55,7 +55,7 @@ class Ingest(Stage):
     params: IngestParams
 
     def raw_inputs(self) -> list[Path]:
-        return expand_inputs([Path(p) for p in self.params.inputs])
+        return expand_inputs([Path(p) for p in self.params.inputs], self.ctx.output)
 
     def phases(self) -> list[PhaseSpec]:
         sources = self.raw_inputs()
@@ -134,6 +134,12 @@ class Ingest(Stage):
                         tc.record(shard.close())
                         writers.remove(shard)
                         shard, chunk = None, chunk + 1
+            if shard is None and chunk == 0:
+                # No rows left (an empty file, or all dropped): an empty shard, as map_shard writes, so the
+                # output is never a shard set without shards, which later stages refuse.
+                empty_schema = pa.schema([(ID_COLUMN, pa.string()), (TEXT_COLUMN, pa.string())])
+                shard = tc.writer(self.ctx.output / f"part-{index:05d}-00000.parquet", empty_schema)
+                writers.append(shard)
             if shard is not None:
                 tc.record(shard.close())
                 writers.remove(shard)
@@ -143,6 +149,7 @@ class Ingest(Stage):
         except BaseException:
             for w in writers:
                 w.abort()
+            ids_writer.abort()
             raise
         return TaskResult.from_counter(rows_in, rows_out, reasons, source=label)
 
@@ -237,7 +244,7 @@ def _same_schema(
         return table, table.schema
     try:
         return table.cast(schema), schema
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+    except (pa.ArrowException, ValueError):
         changed = next(
             (f for f in table.schema if f.name not in schema.names or schema.field(f.name).type != f.type),
             table.schema.field(0),

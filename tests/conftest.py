@@ -1,0 +1,41 @@
+"""Shared helpers for CLI tests: invoke the app in-process, write JSON lines, read a shard set back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from thresher.cli.app import app
+from typer.testing import CliRunner, Result
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def cli() -> Cli:
+    """`cli("ingest", src, out, "--workers", "1")` runs `thresher ...` in-process; paths may be Paths."""
+    runner = CliRunner()
+
+    def invoke(*args: str | Path) -> Result:
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_rows(shard_set: Path) -> list[dict[str, Any]]:
+    """Every row of a shard set's `part-*.parquet` files, in shard order."""
+    return [row for p in sorted(shard_set.glob("part-*.parquet")) for row in pq.read_table(p).to_pylist()]
+
+
+def read_manifest(shard_set: Path) -> dict[str, Any]:
+    return json.loads((shard_set / "_manifest.json").read_text(encoding="utf-8"))
