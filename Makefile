@@ -15,13 +15,17 @@ $(STAMP): pyproject.toml
 	# pulling several GB of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# The build leaves thresher.egg-info here; from this folder it would shadow the installed metadata
+	# (and its stage entry points) once pyproject.toml changes.
+	rm -rf thresher.egg-info
 	touch $(STAMP)
 
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/thresher ingest sample_data/web.jsonl $(DEMO)/00-ingest --rows-per-shard 1000
 	$(BIN)/thresher dedup exact $(DEMO)/00-ingest $(DEMO)/01-exact-dedup
-	$(BIN)/thresher inspect $(DEMO)/01-exact-dedup
+	$(BIN)/thresher dedup minhash $(DEMO)/01-exact-dedup $(DEMO)/02-minhash-dedup
+	$(BIN)/thresher inspect $(DEMO)/02-minhash-dedup
 
 lint: install
 	$(BIN)/ruff check .

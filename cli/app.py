@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from thresher.cli import stage_commands
 from thresher.cli.errors import ThresherGroup
 from thresher.pipelines import registry

@@ -7,8 +7,9 @@ from typing import Any
 import click
 import typer
 from pydantic import ValidationError
-from thresher.pipelines.errors import ThresherError, UsageError
 from typer.core import TyperGroup
+
+from thresher.pipelines.errors import ThresherError, UsageError
 
 
 def validation_message(exc: ValidationError) -> str:

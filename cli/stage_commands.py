@@ -13,13 +13,17 @@ from typing import Annotated, Any, Literal
 
 import typer
 from pydantic.fields import FieldInfo
+
 from thresher.pipelines.executor import default_workers, run_stage
 from thresher.pipelines.progress import configure_logging, make_reporter
 from thresher.pipelines.stage import Stage
 
 COMMON_HELP = "Common options"
 GROUP_HELP = {
-    "dedup": "Remove duplicate documents across a whole shard set.",
+    "dedup": "Remove duplicate documents across a whole shard set: exact (hash) or near (MinHash LSH).",
+    "quality": "Train and apply a fastText quality classifier.",
+    "lm": "Train small language models from shard sets (KenLM n-gram, tiny GPT-2 proxy).",
+    "perplexity": "Score documents by perplexity under a small LM (KenLM or a causal LM).",
 }
 
 

@@ -235,7 +235,8 @@ def _worker(output: str, phase_index: int, task_index: int, force: bool) -> dict
 
 
 class LocalExecutor:
-    """Runs the tasks of each phase in a process pool (in-process with one worker)."""
+    """Runs the tasks of each phase in a process pool (in-process with one worker). The pool is started
+    once per stage and reused by every phase: starting Python workers costs about a second each."""
 
     def __init__(
         self, workers: int | None = None, force: bool = False, reporter: Reporter | None = None
@@ -243,8 +244,18 @@ class LocalExecutor:
         self.workers = max(1, workers or default_workers())
         self.force = force
         self.reporter = reporter or SilentReporter()
+        self._pool: ProcessPoolExecutor | None = None
+        self._queue: Any = None
 
     def run(self, plan: Plan) -> list[TaskRecord]:
+        try:
+            return self._run_phases(plan)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def _run_phases(self, plan: Plan) -> list[TaskRecord]:
         records: list[TaskRecord] = []
         for phase_index, phase in enumerate(plan.phases):
             digests = _digest_index(plan, phase_index)
@@ -274,27 +285,27 @@ class LocalExecutor:
         return records
 
     def _run_pool(self, plan: Plan, phase_index: int, pending: list[int]) -> None:
-        # spawn, not fork: pyarrow and torch keep thread pools that a forked child can deadlock on.
-        mp = multiprocessing.get_context("spawn")
-        progress_queue = mp.Queue()
-        pool = ProcessPoolExecutor(
-            max_workers=min(self.workers, len(pending)),
-            mp_context=mp,
-            initializer=_init_worker,
-            initargs=(progress_queue,),
-        )
+        if self._pool is None:
+            # spawn, not fork: pyarrow and torch keep thread pools that a forked child can deadlock on.
+            mp = multiprocessing.get_context("spawn")
+            self._queue = mp.Queue()
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=mp, initializer=_init_worker, initargs=(self._queue,)
+            )
+        futures: set[Future[dict[str, Any]]] = {
+            self._pool.submit(_worker, str(plan.output), phase_index, i, self.force) for i in pending
+        }
         try:
-            futures: set[Future[dict[str, Any]]] = {
-                pool.submit(_worker, str(plan.output), phase_index, i, self.force) for i in pending
-            }
             while futures:
                 done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-                self._drain(progress_queue)
+                self._drain(self._queue)
                 for future in done:
                     self.reporter.task_finished(TaskRecord.model_validate(future.result()))
-            self._drain(progress_queue)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._drain(self._queue)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
     def _drain(self, progress_queue: Any) -> None:
         while True:

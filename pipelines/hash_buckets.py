@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
+
 from thresher.pipelines.manifest import FileRecord
 from thresher.pipelines.shards import ShardWriter
 

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasketches import kll_doubles_sketch
+
 from thresher.pipelines.manifest import MANIFEST_NAME, Manifest, RowCounts
 from thresher.pipelines.shards import ShardSet, iter_batches
 

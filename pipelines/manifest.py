@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from thresher.pipelines.atomic import write_json
 from thresher.pipelines.errors import ThresherError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from thresher.pipelines.shards import DROPPED_SCHEMA, iter_batches, read_schema
 from thresher.pipelines.stage import TaskContext, TaskResult
 

@@ -16,6 +16,7 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
 from thresher.pipelines.errors import ThresherError, UsageError
 from thresher.pipelines.shards import iter_batches
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from thresher.pipelines.atomic import tmp_path_for
 from thresher.pipelines.digest import file_digest
 from thresher.pipelines.errors import ThresherError, UsageError

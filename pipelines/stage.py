@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
+
 from thresher.pipelines.atomic import atomic_path
 from thresher.pipelines.digest import file_digest
 from thresher.pipelines.manifest import FileRecord, RowCounts, TaskRecord

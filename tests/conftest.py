@@ -9,8 +9,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from thresher.cli.app import app
 from typer.testing import CliRunner, Result
+
+from thresher.cli.app import app
 
 Cli = Callable[..., Result]
 

@@ -14,6 +14,7 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 from factories import parquet_bytes, random_corpus, run_cli, write_shards
+
 from thresher.pipelines.executor import run_stage
 from thresher.pipelines.manifest import Manifest, manifest_json_schema
 

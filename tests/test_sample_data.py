@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
 from thresher.pipelines.sample_data import (
     INSTRUCTION_SCHEMA,
     TRUTH_SCHEMA,

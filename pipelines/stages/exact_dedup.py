@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
+
 from thresher.pipelines.hash_buckets import HashBucketWriter, buckets_for, hash128, read_bucket, repeat_runs
 from thresher.pipelines.manifest import TaskRecord
 from thresher.pipelines.mapping import BatchOutcome, map_shard

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
+
 from thresher.pipelines.errors import ThresherError
 from thresher.pipelines.hash_buckets import HashBucketWriter, buckets_for, hash128, read_bucket, repeat_runs
 from thresher.pipelines.manifest import TaskRecord

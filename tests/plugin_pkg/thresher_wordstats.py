@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
+
 from thresher.pipelines.mapping import BatchOutcome, map_shard
 from thresher.pipelines.shards import dropped_table, iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
