@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO := out/demo
 
-.PHONY: install demo test test-slow lint format bench clean
+.PHONY: install system-deps demo test test-slow lint format bench clean
+
+# Debian packages the test suite runs for real: Slurm and munge (the Slurm executor), Chromium (the HTML
+# report is opened in a headless browser). Needs root; installs only what is missing.
+SYSTEM_PACKAGES := slurm-wlm munge chromium
 
 install: $(STAMP)
 
@@ -20,12 +24,18 @@ $(STAMP): pyproject.toml
 	rm -rf thresher.egg-info
 	touch $(STAMP)
 
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/thresher ingest sample_data/web.jsonl $(DEMO)/00-ingest --rows-per-shard 1000
-	$(BIN)/thresher dedup exact $(DEMO)/00-ingest $(DEMO)/01-exact-dedup
-	$(BIN)/thresher dedup minhash $(DEMO)/01-exact-dedup $(DEMO)/02-minhash-dedup
-	$(BIN)/thresher inspect $(DEMO)/02-minhash-dedup
+	$(BIN)/thresher run recipes/web-pretrain.yaml --input sample_data/web.jsonl --output $(DEMO)
+	$(BIN)/thresher report $(DEMO)
 
 lint: install
 	$(BIN)/ruff check .

@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from thresher.cli import stage_commands
+from thresher.cli import run_cmd, stage_commands
 from thresher.cli.errors import ThresherGroup
+from thresher.cli.render import lineage_table
 from thresher.pipelines import registry
 from thresher.pipelines.errors import UsageError
 from thresher.pipelines.executor import execute_task, run_stage
@@ -172,24 +173,7 @@ def inspect_cmd(path: INPUT) -> None:
             q.add_row(name, *(f"{v:.4g}" for v in values))
         console.print(q)
     if report.lineage:
-        lin = Table(title="lineage: what each stage kept and dropped (newest first)")
-        for column in ("stage", "rows in", "kept", "dropped", "path"):
-            lin.add_column(
-                column, justify="right" if column in ("rows in", "kept") else "left", overflow="fold"
-            )
-        for step in report.lineage:
-            dropped = ", ".join(f"{k}: {v:,}" for k, v in step.counts.dropped.items()) or "-"
-            where = _short(step.path)
-            if step.raw_files:
-                where += "\n  from " + ", ".join(_short(f) for f in step.raw_files)
-            lin.add_row(step.stage, f"{step.counts.rows_in:,}", f"{step.counts.rows_out:,}", dropped, where)
-        console.print(lin)
-
-
-def _short(path: str) -> str:
-    """A path relative to the working folder when it is under it: tables stay narrow."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
+        console.print(lineage_table(report.lineage))
 
 
 @app.command("export")
@@ -246,6 +230,7 @@ def sample_data(
 
 
 stage_commands.register(app, registry.stages())
+run_cmd.register(app)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from thresher.pipelines.errors import ThresherError, UsageError
+from thresher.pipelines.slurm import DryRun
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -34,6 +35,8 @@ class ThresherGroup(TyperGroup):
         except ThresherError as exc:
             typer.echo(f"thresher: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except DryRun:
+            raise typer.Exit(0) from None
         except ClickUsageError as exc:
             name = exc.ctx.command_path if getattr(exc, "ctx", None) else "thresher"  # type: ignore[attr-defined]
             message = exc.format_message()  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic.fields import FieldInfo
 
+from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
 from thresher.pipelines.executor import default_workers, run_stage
 from thresher.pipelines.progress import configure_logging, make_reporter
 from thresher.pipelines.stage import Stage
@@ -78,6 +79,7 @@ def _common_options() -> list[inspect.Parameter]:
             "force", bool, False, "--force", help="Discard finished tasks in OUTPUT and run everything again."
         ),
         opt("quiet", bool, False, "--quiet", "-q", help="Print errors only."),
+        opt("log_file", Path | None, None, "--log-file", help="Also append plain log records to this file."),
     ]
 
 
@@ -114,10 +116,18 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             typer.Argument(help="Output folder; rerunning the same command resumes.", show_default=False),
         ],
     )
-    parameters = [inputs, output, *(_field_option(n, f) for n, f in fields.items()), *_common_options()]
+    parameters = [
+        inputs,
+        output,
+        *(_field_option(n, f) for n, f in fields.items()),
+        *_common_options(),
+        *executor_parameters(),
+    ]
 
     def command(**kwargs: Any) -> None:
-        workers, seed, force, quiet = (kwargs.pop(k) for k in ("workers", "seed", "force", "quiet"))
+        workers, seed, force, quiet, log_file = (
+            kwargs.pop(k) for k in ("workers", "seed", "force", "quiet", "log_file")
+        )
         output_dir = kwargs.pop("output_dir")
         values = {k: _from_cli(fields[k], v) for k, v in kwargs.items() if k in fields}
         if files_input:
@@ -126,8 +136,10 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             input_path = Path(os.path.commonpath([str(p if p.is_dir() else p.parent) for p in sources]))
         else:
             input_path = kwargs["input_dir"]
-        configure_logging(quiet)
+        configure_logging(quiet, log_file)
         params = cls.Params.model_validate(values)
+        reporter = make_reporter(quiet)
+        make_executor = executor_factory({k: kwargs.pop(k) for k in EXECUTOR_KEYS}, reporter)
         run_stage(
             cls.name,
             params,
@@ -136,7 +148,8 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             seed=seed,
             workers=workers,
             force=force,
-            reporter=make_reporter(quiet),
+            reporter=reporter,
+            executor=make_executor(),
         )
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

@@ -11,3 +11,8 @@ class UsageError(ThresherError):
     """The command line itself is wrong (missing path, unknown option value)."""
 
     exit_code = 2
+
+
+class IncompleteRun(ThresherError):
+    """Some tasks did not finish (killed, failed on a cluster node). Finished work is kept: running the same
+    command again runs only what is missing."""

@@ -9,11 +9,12 @@ import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from thresher.pipelines import atomic
 from thresher.pipelines.digest import file_digest, value_digest
-from thresher.pipelines.errors import ThresherError, UsageError
+from thresher.pipelines.errors import IncompleteRun, ThresherError, UsageError
+from thresher.pipelines.lock import output_lock
 from thresher.pipelines.manifest import (
     MANIFEST_NAME,
     FileRecord,
@@ -101,7 +102,8 @@ def plan_stage(
     params_fingerprint = value_digest(
         {"stage": cls.name, "version": cls.version, "params": params_json, "seed": seed}
     )
-    fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files]})
+    side = [file_digest(p) for p in stage.side_inputs()]
+    fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files] + side})
     if (output / MANIFEST_NAME).exists():
         if Manifest.read(output).fingerprint == fingerprint:
             return Plan.read(output), True
@@ -188,8 +190,15 @@ def execute_task(
     phase = plan.phases[phase_index]
     task = phase.tasks[task_index]
     tc = TaskContext(stage, progress)
+    failure = plan.failure_path(phase_index, task_index)
+    failure.unlink(missing_ok=True)
     start = time.perf_counter()
-    result = stage.run_task(phase.name, task, tc)
+    try:
+        result = stage.run_task(phase.name, task, tc)
+    except Exception as exc:
+        # A marker, so `thresher status` can tell a failed task from one that has not run, on any executor.
+        atomic.write_json(failure, {"key": task.key, "error": f"{type(exc).__name__}: {exc}"})
+        raise
     seconds = time.perf_counter() - start
     inputs = [
         FileRecord(
@@ -368,6 +377,12 @@ def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
     return manifest
 
 
+class Executor(Protocol):
+    """Runs every phase of a planned stage; returns the records of all its tasks."""
+
+    def run(self, plan: Plan) -> list[TaskRecord]: ...
+
+
 def run_stage(
     stage_name: str,
     params: StageParams | dict[str, Any],
@@ -378,27 +393,31 @@ def run_stage(
     workers: int | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
+    executor: Executor | None = None,
 ) -> Manifest:
     """Plan, run and finish a stage. A crash or kill leaves finished tasks in place, so running the same
     command again resumes; a bad-input error removes the output folder if this run created it."""
     output = Path(output)
-    if force and output.exists():
-        _check_output(output, get_stage(stage_name).name, Path(input_path))
-        shutil.rmtree(output)
-    fresh = not output.exists() or (output.is_dir() and not any(output.iterdir()))
-    plan, finished = plan_stage(stage_name, params, input_path, output, seed)
-    reporter = reporter or SilentReporter()
-    if finished:
-        reporter.message(f"{stage_name}: {output} is up to date (same params and inputs); nothing to do")
-        return Manifest.read(output)
-    try:
-        records = LocalExecutor(workers, False, reporter).run(plan)
-        manifest = finalize(plan, records)
-    except ThresherError:
-        # Bad input: a folder this run created goes away whole. A folder of an earlier run stays, but
-        # without a manifest, so no later stage mistakes it for a finished shard set.
-        if fresh:
-            shutil.rmtree(output, ignore_errors=True)
-        raise
-    reporter.stage_finished(manifest)
-    return manifest
+    with output_lock(output):
+        if force and output.exists():
+            _check_output(output, get_stage(stage_name).name, Path(input_path))
+            shutil.rmtree(output)
+        fresh = not output.exists() or (output.is_dir() and not any(output.iterdir()))
+        plan, finished = plan_stage(stage_name, params, input_path, output, seed)
+        reporter = reporter or SilentReporter()
+        if finished:
+            reporter.message(f"{stage_name}: {output} is up to date (same params and inputs); nothing to do")
+            return Manifest.read(output)
+        try:
+            records = (executor or LocalExecutor(workers, False, reporter)).run(plan)
+            manifest = finalize(plan, records)
+        except IncompleteRun:
+            raise
+        except ThresherError:
+            # Bad input: a folder this run created goes away whole. A folder of an earlier run stays, but
+            # without a manifest, so no later stage mistakes it for a finished shard set.
+            if fresh:
+                shutil.rmtree(output, ignore_errors=True)
+            raise
+        reporter.stage_finished(manifest)
+        return manifest

@@ -48,6 +48,9 @@ class Plan:
         phase = self.phases[phase_index]
         return self.state_dir / "tasks" / f"{phase_index:02d}-{phase.name}" / f"{task_index:06d}.json"
 
+    def failure_path(self, phase_index: int, task_index: int) -> Path:
+        return self.record_path(phase_index, task_index).with_suffix(".failed")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "stage": self.stage,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from rich.console import Console
@@ -144,20 +145,59 @@ class RichReporter(SilentReporter):
         self.console.print(text)
 
 
+class TeeReporter:
+    """Sends every event to several reporters: bars on the terminal and records to a log file."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def phase_started(self, stage: str, phase: str, tasks: int, skipped: int, rows: int | None) -> None:
+        for r in self.reporters:
+            r.phase_started(stage, phase, tasks, skipped, rows)
+
+    def rows(self, n: int) -> None:
+        for r in self.reporters:
+            r.rows(n)
+
+    def task_finished(self, record: TaskRecord) -> None:
+        for r in self.reporters:
+            r.task_finished(record)
+
+    def phase_finished(self, phase: str) -> None:
+        for r in self.reporters:
+            r.phase_finished(phase)
+
+    def stage_finished(self, manifest: Manifest) -> None:
+        for r in self.reporters:
+            r.stage_finished(manifest)
+
+    def message(self, text: str) -> None:
+        for r in self.reporters:
+            r.message(text)
+
+
 def make_reporter(quiet: bool = False) -> Reporter:
-    if quiet:
-        return SilentReporter()
-    if sys.stderr.isatty():
-        return RichReporter()
+    """Log records always (the handlers from configure_logging decide where they go); bars as well when
+    a person is watching a terminal."""
+    if not quiet and sys.stderr.isatty():
+        return TeeReporter(RichReporter(), LogReporter())
     return LogReporter()
 
 
-def configure_logging(quiet: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+def configure_logging(quiet: bool = False, log_file: Path | None = None) -> None:
+    """Plain records to stderr when it is not a terminal (cron, pipes, batch jobs) and to --log-file."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    console.setLevel(logging.WARNING if quiet or sys.stderr.isatty() else logging.INFO)
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(formatter)
+        to_file.setLevel(logging.INFO)
+        handlers.append(to_file)
     root = logging.getLogger("thresher")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.handlers[:] = handlers
+    root.setLevel(logging.INFO)
     root.propagate = False

@@ -142,6 +142,11 @@ class Stage(ABC):
         """Files or dataset folders a files-kind stage reads; their digests join the fingerprint."""
         return []
 
+    def side_inputs(self) -> list[Path]:
+        """Files besides the input shard set that the output depends on (a model, a blocklist, another
+        shard set's shards); their digests join the run's fingerprint, so replacing one re-runs the stage."""
+        return []
+
     @abstractmethod
     def phases(self) -> list[PhaseSpec]:
         """The plan: phases in order, each with its tasks. Must be deterministic for the same input."""

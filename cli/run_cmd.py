@@ -1,0 +1,140 @@
+"""`thresher run`: a recipe (a YAML chain of stages) from start to finish, resuming what is done."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
+from thresher.cli.render import lineage_table
+from thresher.pipelines.errors import UsageError
+from thresher.pipelines.executor import default_workers
+from thresher.pipelines.inspect import lineage
+from thresher.pipelines.progress import configure_logging, make_reporter
+
+console = Console()
+
+
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).", show_default=False)],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Input of the first step: raw files for ingest, or a shard set.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Folder for the steps' outputs (OUTPUT/NN-<step>/).", show_default=False
+        ),
+    ],
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Parallel tasks.")] = default_workers(),
+    seed: Annotated[int | None, typer.Option(help="Seed; default: the recipe's `seed:`, else 0.")] = None,
+    force: Annotated[bool, typer.Option(help="Rerun every step from scratch.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
+    log_file: Annotated[Path | None, typer.Option(help="Also append plain log records to this file.")] = None,
+    **executor_options: Any,
+) -> None:
+    """Run a recipe: every step in order, each in OUTPUT/NN-<step>/. Finished steps are skipped and
+    interrupted ones resume, so the same command is safe to rerun (from cron, after a crash).
+
+    Example:
+
+        thresher run recipes/web-pretrain.yaml --input dump/ --output data/web
+    """
+    from thresher.pipelines.chain import run_recipe
+    from thresher.pipelines.recipe import load_recipe
+
+    configure_logging(quiet, log_file)
+    loaded = load_recipe(recipe)
+    run_seed = seed if seed is not None else (loaded.seed or 0)
+    reporter = make_reporter(quiet)
+    manifests = run_recipe(
+        loaded,
+        input_path,
+        output,
+        seed=run_seed,
+        workers=workers,
+        force=force,
+        reporter=reporter,
+        executor=executor_factory(executor_options, reporter),
+    )
+    if not quiet and manifests:
+        last = sorted(p for p in output.iterdir() if p.is_dir() and (p / "_manifest.json").exists())[-1]
+        console.print(lineage_table(lineage(last)))
+
+
+def status(
+    output: Annotated[
+        Path, typer.Argument(help="A stage's or a recipe's output folder.", show_default=False)
+    ],
+) -> None:
+    """Show which tasks of each stage and phase are done, failed or pending, from the task records (works
+    for local and Slurm runs alike, with or without sacct).
+
+    Example:
+
+        thresher status data/web
+    """
+    from rich.table import Table
+
+    from thresher.pipelines.plan import Plan
+    from thresher.pipelines.slurm import stage_folders, task_states
+
+    folders = stage_folders(output) if output.is_dir() else []
+    if not folders:
+        raise UsageError(f"{output}: no thresher stage output here")
+    table = Table(title=f"status of {output}")
+    for column in ("stage", "phase", "done", "failed", "pending", "finished"):
+        table.add_column(column, justify="right" if column in ("done", "failed", "pending") else "left")
+    for folder in folders:
+        plan = Plan.read(folder)
+        finished = "yes" if (folder / "_manifest.json").exists() else "no"
+        for phase, done, failed, pending in task_states(plan):
+            table.add_row(f"{folder.name}", phase, str(done), str(failed), str(pending), finished)
+    console.print(table)
+
+
+def report(
+    output: Annotated[
+        Path, typer.Argument(help="A recipe's or a stage's output folder.", show_default=False)
+    ],
+    to: Annotated[
+        Path | None, typer.Option("--to", help="Where to write; default OUTPUT/report.html.")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report (opens offline): rows kept and dropped per stage and reason,
+    histograms of every score column, dedup cluster sizes, and the manifest lineage.
+
+    Example:
+
+        thresher report data/web
+    """
+    from thresher.pipelines.report import write_report
+
+    console.print(f"report: {write_report(output, to)}")
+
+
+def register(app: typer.Typer) -> None:
+    def command(**kwargs: Any) -> None:
+        executor_options = {k: kwargs.pop(k) for k in EXECUTOR_KEYS}
+        run(**kwargs, **executor_options)
+
+    own = [
+        p
+        for p in inspect.signature(run, eval_str=True).parameters.values()
+        if p.kind != inspect.Parameter.VAR_KEYWORD
+    ]
+    command.__signature__ = inspect.Signature([*own, *executor_parameters()])  # type: ignore[attr-defined]
+    command.__doc__ = run.__doc__
+    app.command("run", help=run.__doc__)(command)
+    app.command("status")(status)
+    app.command("report")(report)

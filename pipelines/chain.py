@@ -1,0 +1,51 @@
+"""Running a recipe: its steps one after another, each a resumable stage run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from thresher.pipelines.executor import Executor, run_stage
+from thresher.pipelines.lock import output_lock
+from thresher.pipelines.manifest import Manifest
+from thresher.pipelines.progress import Reporter
+from thresher.pipelines.recipe import Recipe, ResolvedStep, resolve
+
+
+def stage_input(step: ResolvedStep) -> Path:
+    """The folder a stage reads: raw-file stages (ingest) name their files in params instead."""
+    source = step.input_path
+    return source.parent if step.step.stage.input_kind == "files" and source.is_file() else source
+
+
+def run_recipe(
+    recipe: Recipe,
+    input_path: Path,
+    output: Path,
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    executor: Callable[[], Executor | None] = lambda: None,
+) -> list[Manifest]:
+    """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume."""
+    steps = resolve(recipe, Path(input_path).resolve(), Path(output).resolve())
+    manifests = []
+    output.mkdir(parents=True, exist_ok=True)
+    with output_lock(output):
+        for step in steps:
+            manifests.append(
+                run_stage(
+                    step.step.stage.name,
+                    step.params,
+                    stage_input(step),
+                    step.output,
+                    seed=seed,
+                    workers=workers,
+                    force=force,
+                    reporter=reporter,
+                    executor=executor(),
+                )
+            )
+    return manifests
