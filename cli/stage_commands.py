@@ -25,6 +25,8 @@ GROUP_HELP = {
     "quality": "Train and apply a fastText quality classifier.",
     "lm": "Train small language models from shard sets (KenLM n-gram, tiny GPT-2 proxy).",
     "perplexity": "Score documents by perplexity under a small LM (KenLM or a causal LM).",
+    "select": "Select instruction data with small models: MoDS (reward, coverage, necessity) and LESS.",
+    "reweight": "Find domain weights with small proxy models (DoReMi).",
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from thresher.pipelines import atomic
 from thresher.pipelines.digest import file_digest, value_digest
 from thresher.pipelines.errors import IncompleteRun, ThresherError, UsageError
-from thresher.pipelines.lock import output_lock
+from thresher.pipelines.lock import holds_only_lock, lock_path, output_lock
 from thresher.pipelines.manifest import (
     MANIFEST_NAME,
     FileRecord,
@@ -44,7 +44,7 @@ def _check_output(output: Path, stage: str, input_path: Path) -> None:
         raise UsageError(f"{output}: output directory must differ from the input")
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: output exists and is not a directory")
-    if not output.exists() or not any(output.iterdir()):
+    if not output.exists() or holds_only_lock(output):
         return
     owner = None
     if (output / MANIFEST_NAME).exists():
@@ -377,6 +377,16 @@ def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
     return manifest
 
 
+def _clear_keeping_lock(output: Path) -> None:
+    for entry in output.iterdir():
+        if entry.name == STATE_DIR:
+            for inner in entry.iterdir():
+                if inner != lock_path(output):
+                    shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
+        else:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
 class Executor(Protocol):
     """Runs every phase of a planned stage; returns the records of all its tasks."""
 
@@ -398,17 +408,21 @@ def run_stage(
     """Plan, run and finish a stage. A crash or kill leaves finished tasks in place, so running the same
     command again resumes; a bad-input error removes the output folder if this run created it."""
     output = Path(output)
+    # Checked before taking the lock, so a wrong OUTPUT (the input, a file, someone else's folder) gets
+    # no lock file written into it.
+    _check_output(output, get_stage(stage_name).name, Path(input_path))
     with output_lock(output):
-        if force and output.exists():
-            _check_output(output, get_stage(stage_name).name, Path(input_path))
-            shutil.rmtree(output)
-        fresh = not output.exists() or (output.is_dir() and not any(output.iterdir()))
-        plan, finished = plan_stage(stage_name, params, input_path, output, seed)
+        if force:
+            _clear_keeping_lock(output)
+        fresh = holds_only_lock(output)
         reporter = reporter or SilentReporter()
-        if finished:
-            reporter.message(f"{stage_name}: {output} is up to date (same params and inputs); nothing to do")
-            return Manifest.read(output)
         try:
+            plan, finished = plan_stage(stage_name, params, input_path, output, seed)
+            if finished:
+                reporter.message(
+                    f"{stage_name}: {output} is up to date (same params and inputs); nothing to do"
+                )
+                return Manifest.read(output)
             records = (executor or LocalExecutor(workers, False, reporter)).run(plan)
             manifest = finalize(plan, records)
         except IncompleteRun:

@@ -19,10 +19,23 @@ class BusyError(ThresherError):
     exit_code = 75
 
 
+LOCK_NAME = "lock"
+
+
 def lock_path(output: Path) -> Path:
-    # Beside the folder, not in it: the folder's contents belong to the stage.
-    output = Path(output).resolve()
-    return output.parent / f".{output.name}.lock"
+    # In the folder's state directory: nothing appears beside the user's folders, and a folder holding
+    # only the lock still counts as empty. The file is never deleted: unlinking a lock file lets a third
+    # process lock a new file while a second still holds the old one.
+    return Path(output) / "_thresher" / LOCK_NAME
+
+
+def holds_only_lock(output: Path) -> bool:
+    """True for an empty folder, or one with nothing but the (possibly stale) lock file."""
+    entries = list(Path(output).iterdir())
+    if not entries:
+        return True
+    state = Path(output) / "_thresher"
+    return [e.name for e in entries] == ["_thresher"] and [e.name for e in state.iterdir()] == [LOCK_NAME]
 
 
 @contextlib.contextmanager

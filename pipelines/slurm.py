@@ -53,7 +53,8 @@ def _sbatch(args: list[str]) -> str:
         raise ThresherError("sbatch not found: --executor slurm needs the Slurm client tools on PATH")
     proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ThresherError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        said = " ".join((proc.stderr.strip() or proc.stdout.strip()).split())
+        raise ThresherError(f"sbatch failed: {said}")
     return proc.stdout.strip().split(";")[0]
 
 
@@ -118,8 +119,17 @@ class SlurmExecutor:
             args = ["--kill-on-invalid-dep=yes"]
             if jobs:
                 args.append(f"--dependency=afterok:{jobs[-1][1]}")
-            job = _sbatch([*args, str(path)])
+            try:
+                job = _sbatch([*args, str(path)])
+            except ThresherError:
+                # Leave nothing half-submitted: earlier phases' jobs would run with no one waiting for them.
+                if jobs:
+                    subprocess.run(["scancel", *(j for _, j in jobs)], capture_output=True)
+                raise
             jobs.append((phase_index, job))
+            (logs / "jobs.json").write_text(
+                json.dumps([{"phase": plan.phases[i].name, "job": j} for i, j in jobs], indent=2) + "\n"
+            )
             self.reporter.message(f"{plan.stage}/{phase.name}: submitted job {job} ({len(pending)} tasks)")
         if self.options.dry_run:
             raise DryRun

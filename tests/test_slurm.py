@@ -35,8 +35,12 @@ def test_web_pretrain_recipe_on_slurm_equals_local(slurm: dict[str, str], tmp_pa
     recipe, data = str(REPO / "recipes" / "web-pretrain.yaml"), str(REPO / "sample_data" / "web.jsonl")
     thresher(slurm, "run", recipe, "-i", data, "-o", str(tmp_path / "local"), "-q")
     thresher(slurm, "run", recipe, "-i", data, "-o", str(tmp_path / "slurm"), "-q", "--executor", "slurm")
-    steps = sorted(p.name for p in (tmp_path / "local").iterdir() if p.is_dir())
-    assert steps == sorted(p.name for p in (tmp_path / "slurm").iterdir() if p.is_dir()) and len(steps) >= 3
+
+    def steps_in(folder: Path) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+    steps = steps_in(tmp_path / "local")
+    assert steps == steps_in(tmp_path / "slurm") and len(steps) >= 3
     for step in steps:
         assert parquet_bytes(tmp_path / "slurm" / step) == parquet_bytes(tmp_path / "local" / step), step
     logs = list((tmp_path / "slurm" / steps[-1] / "_thresher" / "slurm").glob("*.log"))
@@ -120,3 +124,30 @@ def test_killed_array_task_is_reported_and_a_rerun_completes(slurm: dict[str, st
     thresher(slurm, "dedup", "exact", str(corpus), str(out), "-q", "--executor", "slurm")
     assert parquet_bytes(out) == parquet_bytes(tmp_path / "local")
     assert (out / "_manifest.json").exists()
+
+
+def test_sbatch_missing_or_failing_is_one_clear_line(slurm: dict[str, str], tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    write_shards(random_corpus(100, seed=3), corpus, rows_per_shard=50)
+    refused = thresher(
+        slurm,
+        "dedup",
+        "exact",
+        str(corpus),
+        str(tmp_path / "a"),
+        "--executor",
+        "slurm",
+        "--slurm-partition",
+        "no-such-partition",
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith("thresher: error: sbatch failed:")
+    assert "partition" in refused.stderr.lower()
+    no_slurm = {**slurm, "PATH": str(Path(sys.executable).parent)}  # python, but no Slurm tools
+    missing = thresher(
+        no_slurm, "dedup", "exact", str(corpus), str(tmp_path / "b"), "--executor", "slurm", check=False
+    )
+    assert missing.returncode == 1 and "sbatch not found" in missing.stderr
+    queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=slurm).stdout
+    assert queue.strip() == ""
