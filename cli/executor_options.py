@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from thresher.cli.options import option
 from thresher.pipelines.executor import Executor
 from thresher.pipelines.progress import Reporter
 
@@ -15,12 +16,7 @@ PANEL = "Executor (where tasks run)"
 
 
 def _opt(name: str, kind: Any, default: Any, *decls: str, help: str) -> inspect.Parameter:
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=default,
-        annotation=Annotated[kind, typer.Option(*decls, help=help, rich_help_panel=PANEL)],
-    )
+    return option(name, kind, default, *decls, help=help, panel=PANEL)
 
 
 def executor_parameters() -> list[inspect.Parameter]:

@@ -15,6 +15,7 @@ import typer
 from pydantic.fields import FieldInfo
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
+from thresher.cli.options import option
 from thresher.pipelines.executor import default_workers, run_stage
 from thresher.pipelines.progress import configure_logging, make_reporter
 from thresher.pipelines.stage import Stage
@@ -67,12 +68,7 @@ def _field_option(name: str, field: FieldInfo) -> inspect.Parameter:
 
 def _common_options() -> list[inspect.Parameter]:
     def opt(name: str, kind: Any, default: Any, *decls: str, help: str) -> inspect.Parameter:
-        return inspect.Parameter(
-            name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=default,
-            annotation=Annotated[kind, typer.Option(*decls, help=help, rich_help_panel=COMMON_HELP)],
-        )
+        return option(name, kind, default, *decls, help=help, panel=COMMON_HELP)
 
     return [
         opt("workers", int, default_workers(), "--workers", "-w", help="Parallel tasks (processes)."),

@@ -131,12 +131,18 @@ class Stage(ABC):
         self.params = params
         self.ctx = ctx
 
+    def _text_column(self) -> list[str]:
+        # Most stages read one text column, named by a `text_column` param.
+        column = getattr(self.params, "text_column", None)
+        return [column] if isinstance(column, str) else []
+
     def required_columns(self) -> list[str]:
         """Columns every input shard must have; checked before any task runs."""
-        return ["id"]
+        return ["id", *self._text_column()]
 
     def string_columns(self) -> list[str]:
-        return []
+        """Columns that must hold strings."""
+        return self._text_column()
 
     def raw_inputs(self) -> list[Path]:
         """Files or dataset folders a files-kind stage reads; their digests join the fingerprint."""

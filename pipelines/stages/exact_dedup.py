@@ -46,12 +46,6 @@ class ExactDedup(Stage):
     command = ("dedup", "exact")
     params: ExactDedupParams
 
-    def required_columns(self) -> list[str]:
-        return [ID_COLUMN, self.params.text_column]
-
-    def string_columns(self) -> list[str]:
-        return [self.params.text_column]
-
     def _n_buckets(self) -> int:
         assert self.ctx.input is not None
         return self.params.buckets or buckets_for(self.ctx.input.num_rows)

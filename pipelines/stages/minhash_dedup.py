@@ -90,12 +90,6 @@ class MinHashDedup(Stage):
     command = ("dedup", "minhash")
     params: MinHashParams
 
-    def required_columns(self) -> list[str]:
-        return [ID_COLUMN, self.params.text_column]
-
-    def string_columns(self) -> list[str]:
-        return [self.params.text_column]
-
     def lsh_shape(self) -> tuple[int, int]:
         p = self.params
         if p.bands is not None and p.rows is not None:
