@@ -61,7 +61,7 @@ def _check_output(output: Path, stage: str, input_path: Path) -> None:
         )
 
 
-def _input_files(stage_cls: type[Stage], stage: Stage) -> list[FileRecord]:
+def _input_files(stage: Stage) -> list[FileRecord]:
     if stage.ctx.input is not None:
         shard_set = stage.ctx.input
         return [
@@ -72,13 +72,16 @@ def _input_files(stage_cls: type[Stage], stage: Stage) -> list[FileRecord]:
         FileRecord(
             path=str(p.resolve()),
             size=p.stat().st_size,
-            digest=file_digest(p) if p.is_file() else _dir_digest(p),
+            digest=path_digest(p),
         )
         for p in stage.raw_inputs()
     ]
 
 
-def _dir_digest(path: Path) -> str:
+def path_digest(path: Path) -> str:
+    """Digest of a file, or of a folder's files and their relative names (a saved dataset, a model)."""
+    if path.is_file():
+        return file_digest(path)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return value_digest([(str(p.relative_to(path)), file_digest(p)) for p in files])
 
@@ -97,13 +100,15 @@ def plan_stage(
         probe = cls(params, StageContext(input_path, output, seed))
         shard_set = ShardSet.open(input_path, probe.required_columns(), probe.string_columns())
     stage = cls(params, StageContext(input_path, output, seed, shard_set))
-    files = _input_files(cls, stage)
+    files = _input_files(stage)
     params_json = params.model_dump(mode="json")
+    # Side inputs (a model, a blocklist) shape every task's output, so they join what every task's
+    # fingerprint builds on: replacing the model reruns all tasks.
+    side = [path_digest(p) for p in stage.side_inputs()]
     params_fingerprint = value_digest(
-        {"stage": cls.name, "version": cls.version, "params": params_json, "seed": seed}
+        {"stage": cls.name, "version": cls.version, "params": params_json, "seed": seed, "side_inputs": side}
     )
-    side = [file_digest(p) for p in stage.side_inputs()]
-    fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files] + side})
+    fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files]})
     if (output / MANIFEST_NAME).exists():
         if Manifest.read(output).fingerprint == fingerprint:
             return Plan.read(output), True
