@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from thresher.cli import run_cmd, stage_commands
 from thresher.cli.errors import ThresherGroup
-from thresher.cli.render import lineage_table
+from thresher.cli.render import console, lineage_table
 from thresher.pipelines import registry
 from thresher.pipelines.errors import UsageError
 from thresher.pipelines.executor import execute_task, run_stage
@@ -34,7 +33,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 
 INPUT = Annotated[Path, typer.Argument(help="Shard set folder.", show_default=False)]
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
+from rich.console import Console
 from rich.table import Table
 
 from thresher.pipelines.inspect import LineageStep
+
+# Logs and cron mail are read in wide windows: do not squeeze tables to 80 columns there.
+console = Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def short_path(path: str) -> str:

@@ -7,16 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.render import lineage_table
+from thresher.cli.render import console, lineage_table
 from thresher.pipelines.errors import UsageError
 from thresher.pipelines.executor import default_workers
 from thresher.pipelines.inspect import lineage
 from thresher.pipelines.progress import configure_logging, make_reporter
-
-console = Console()
 
 
 def run(

@@ -57,10 +57,12 @@ def _field_option(name: str, field: FieldInfo) -> inspect.Parameter:
     kind, extra = _option_type(field.annotation)
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
-    default = field.get_default(call_default_factory=True)
-    if _is_list(field.annotation) and default is not None:
-        default = ",".join(default)
-    option = typer.Option(*decls, help=field.description or "", show_default=default is not None, **extra)
+    # A required field (no default) is a required option: Typer's marker for that is `...`.
+    default = ... if field.is_required() else field.get_default(call_default_factory=True)
+    if _is_list(field.annotation) and default not in (None, ...):
+        default = ",".join(str(v) for v in default)
+    show_default = default not in (None, ...)
+    option = typer.Option(*decls, help=field.description or "", show_default=show_default, **extra)
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
     )

@@ -37,7 +37,16 @@ def recipe_run(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_recipe_runs_every_step_into_numbered_folders(recipe_run: Path) -> None:
     steps = sorted(p.name for p in recipe_run.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    assert steps == ["00-ingest", "01-exact-dedup", "02-minhash-dedup"]
+    assert steps == [
+        "00-ingest",
+        "01-exact-dedup",
+        "02-minhash-dedup",
+        "03-heuristics",
+        "04-pii",
+        "05-quality-train",
+        "06-quality-score",
+        "07-top-quality",
+    ]
     assert all((recipe_run / s / "_manifest.json").exists() for s in steps)
 
 

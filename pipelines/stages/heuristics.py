@@ -1,0 +1,249 @@
+"""Heuristic filters: drop documents that trip cheap, named rules (Gopher, C4-style, blocklists).
+
+A map stage: every shard is streamed in batches, each rule measures the whole batch at once, and a dropped
+document's `_dropped/` row names the first rule it tripped (in catalogue order) with the measured figure.
+The manifest counts drops per rule, and also how many documents tripped each rule at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from thresher.pipelines.errors import UsageError
+from thresher.pipelines.heuristic_rules import (
+    DEFAULT_RULES,
+    RULE_NAMES,
+    Blocklists,
+    expand_rules,
+    rule,
+)
+from thresher.pipelines.manifest import TaskRecord
+from thresher.pipelines.mapping import BatchOutcome, map_shard
+from thresher.pipelines.shards import ID_COLUMN, dropped_table
+from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.text_views import TextBatch
+
+
+def _ngram_limits(values: list[str], smallest: int, option: str) -> list[tuple[int, float]]:
+    limits = []
+    for item in values:
+        n, sep, limit = item.partition(":")
+        try:
+            parsed = (int(n), float(limit))
+        except ValueError:
+            raise ValueError(f"{option}: expected N:FRACTION items like 2:0.2, got {item!r}") from None
+        if not sep or parsed[0] < smallest or not 0 <= parsed[1] <= 1:
+            raise ValueError(f"{option}: {item!r} needs N >= {smallest} and a fraction in 0..1")
+        limits.append(parsed)
+    return sorted(limits)
+
+
+class HeuristicsParams(StageParams):
+    text_column: str = Field("text", description="Column holding the text.")
+    rules: list[str] = Field(
+        list(DEFAULT_RULES),
+        description="Rules to apply: the groups gopher and c4, and/or rule names ("
+        + ", ".join(RULE_NAMES)
+        + "). The blocklist rules are added when their files are given.",
+    )
+    min_words: int = Field(50, ge=0, description="gopher_word_count: fewest words.")
+    max_words: int = Field(100_000, ge=1, description="gopher_word_count: most words.")
+    min_mean_word_length: float = Field(3.0, ge=0, description="gopher_mean_word_length: lower bound.")
+    max_mean_word_length: float = Field(10.0, ge=0, description="gopher_mean_word_length: upper bound.")
+    max_symbol_word_ratio: float = Field(
+        0.1, ge=0, description="gopher_symbol_ratio: most ('#' + '...') per word."
+    )
+    max_bullet_lines: float = Field(0.9, ge=0, le=1, description="gopher_bullet_lines: most bulleted lines.")
+    max_ellipsis_lines: float = Field(
+        0.3, ge=0, le=1, description="gopher_ellipsis_lines: most lines ending in an ellipsis."
+    )
+    min_alpha_words: float = Field(
+        0.8, ge=0, le=1, description="gopher_alpha_words: fewest words with a letter (share)."
+    )
+    min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest English stop words.")
+    max_dup_lines: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: most repeated lines.")
+    max_dup_line_chars: float = Field(
+        0.2, ge=0, le=1, description="gopher_dup_line_chars: most characters in repeated lines."
+    )
+    max_dup_paragraphs: float = Field(
+        0.3, ge=0, le=1, description="gopher_dup_paragraphs: most repeated paragraphs."
+    )
+    max_dup_paragraph_chars: float = Field(
+        0.2, ge=0, le=1, description="gopher_dup_paragraph_chars: most characters in repeated paragraphs."
+    )
+    top_ngram: list[str] = Field(
+        ["2:0.2", "3:0.18", "4:0.16"],
+        description="gopher_top_ngram: N:FRACTION, most characters in the most repeated word N-gram.",
+    )
+    dup_ngram: list[str] = Field(
+        ["5:0.15", "6:0.14", "7:0.13", "8:0.12", "9:0.11", "10:0.1"],
+        description="gopher_dup_ngram: N:FRACTION, most characters covered by repeated word N-grams.",
+    )
+    min_terminal_punct_lines: float = Field(
+        0.1, ge=0, le=1, description="c4_terminal_punct: fewest lines ending in . ! ? or a quote (share)."
+    )
+    max_javascript_cookie_lines: float = Field(
+        0.1, ge=0, le=1, description="c4_javascript_cookie: most lines about javascript/cookies/policies."
+    )
+    word_blocklist: list[str] = Field(
+        [], description="Files of blocked words or phrases, one per line ('#' comments); case-insensitive."
+    )
+    url_blocklist: list[str] = Field(
+        [], description="Files of blocked domains, one per line; subdomains are blocked too."
+    )
+    url_column: str = Field("url", description="Column holding the URL, for --url-blocklist.")
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: list[str]) -> list[str]:
+        expand_rules(value)
+        return value
+
+    @field_validator("top_ngram")
+    @classmethod
+    def _top_ngram(cls, value: list[str]) -> list[str]:
+        _ngram_limits(value, 1, "--top-ngram")
+        return value
+
+    @field_validator("dup_ngram")
+    @classmethod
+    def _dup_ngram(cls, value: list[str]) -> list[str]:
+        _ngram_limits(value, 1, "--dup-ngram")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> HeuristicsParams:
+        if self.min_words > self.max_words:
+            raise ValueError("--min-words is above --max-words")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError("--min-mean-word-length is above --max-mean-word-length")
+        return self
+
+    def top_ngram_limits(self) -> list[tuple[int, float]]:
+        return _ngram_limits(self.top_ngram, 1, "--top-ngram")
+
+    def dup_ngram_limits(self) -> list[tuple[int, float]]:
+        return _ngram_limits(self.dup_ngram, 1, "--dup-ngram")
+
+    def active_rules(self) -> tuple[str, ...]:
+        names = set(expand_rules(self.rules))
+        for name, files in (("word_blocklist", self.word_blocklist), ("url_blocklist", self.url_blocklist)):
+            if files:
+                names.add(name)
+            elif name in names:
+                raise UsageError(f"rule {name} needs --{name.replace('_', '-')} FILE")
+        return tuple(n for n in RULE_NAMES if n in names)
+
+
+class Heuristics(Stage):
+    name = "heuristics"
+    version = "1"
+    Params = HeuristicsParams
+    summary = "Drop documents that trip heuristic rules (Gopher quality/repetition, C4-style, blocklists)."
+    example = "thresher heuristics data/01-exact data/02-heuristics --rules gopher,c4 --min-words 30"
+    command = ("heuristics",)
+    params: HeuristicsParams
+
+    def _url_column(self) -> list[str]:
+        return [self.params.url_column] if self.params.url_blocklist else []
+
+    def required_columns(self) -> list[str]:
+        return [*super().required_columns(), *self._url_column()]
+
+    def string_columns(self) -> list[str]:
+        return [*super().string_columns(), *self._url_column()]
+
+    def side_inputs(self) -> list[Path]:
+        self.params.active_rules()  # a rule asked for without its file fails here, before any work
+        files = [Path(f) for f in (*self.params.word_blocklist, *self.params.url_blocklist)]
+        for f in files:
+            if not f.is_file():
+                raise UsageError(f"{f}: blocklist file does not exist")
+        return files
+
+    def phases(self) -> list[PhaseSpec]:
+        assert self.ctx.input is not None
+        self.side_inputs()
+        # Absolute paths: a task may run from another directory (a Slurm array task).
+        lists = {
+            "word_blocklist": [str(Path(f).resolve()) for f in self.params.word_blocklist],
+            "url_blocklist": [str(Path(f).resolve()) for f in self.params.url_blocklist],
+        }
+        files = (*lists["word_blocklist"], *lists["url_blocklist"])
+        return [
+            PhaseSpec(
+                "filter",
+                [TaskSpec(s.name, (str(s.path), *files), lists, s.num_rows) for s in self.ctx.input.shards],
+            )
+        ]
+
+    def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
+        p = self.params
+        checker = HeuristicChecker(
+            p, Blocklists.load(task.args["word_blocklist"], task.args["url_blocklist"])
+        )
+        url_column = p.url_column if p.url_blocklist else None
+
+        def apply_rules(batch: pa.RecordBatch) -> BatchOutcome:
+            urls = batch.column(url_column) if url_column else None
+            reasons, details = checker.check(TextBatch(batch.column(p.text_column), urls))
+            drop = np.array([r is not None for r in reasons], dtype=bool)
+            if not drop.any():
+                return BatchOutcome(batch)
+            rows = np.nonzero(drop)[0]
+            dropped = dropped_table(
+                batch.column(ID_COLUMN).take(pa.array(rows)),
+                self.name,
+                [reasons[i] for i in rows],
+                [details[i] for i in rows],
+            )
+            return BatchOutcome(batch.filter(pa.array(~drop)), dropped)
+
+        result = map_shard(Path(task.inputs[0]), tc, apply_rules, writes_dropped=True)
+        result.extra["tripped"] = dict(checker.tripped)
+        return result
+
+    def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
+        dropped: Counter[str] = Counter()
+        tripped: Counter[str] = Counter()
+        for r in records:
+            if r.counts is not None:
+                dropped.update(r.counts.dropped)
+            tripped.update(r.extra.get("tripped", {}))
+        rules = list(self.params.active_rules())
+        return {
+            "rules": rules,
+            "dropped_by_rule": {name: dropped.get(name, 0) for name in rules},
+            # A document can trip several rules; it is dropped under the first.
+            "tripped_by_rule": {name: tripped.get(name, 0) for name in rules},
+        }
+
+
+class HeuristicChecker:
+    """Applies the active rules to batches and counts how often each one trips."""
+
+    def __init__(self, params: HeuristicsParams, blocklists: Blocklists) -> None:
+        self.params = params
+        self.blocklists = blocklists
+        self.rules = [rule(name) for name in params.active_rules()]
+        self.tripped: Counter[str] = Counter({r.name: 0 for r in self.rules})
+
+    def check(self, tb: TextBatch) -> tuple[list[str | None], list[str | None]]:
+        """Per document: the first rule it trips (None if none) and that rule's detail."""
+        reasons: list[str | None] = [None] * tb.n
+        details: list[str | None] = [None] * tb.n
+        undecided = np.ones(tb.n, dtype=bool)
+        for r in self.rules:
+            outcome = r.measure(tb, self.params, self.blocklists)
+            self.tripped[r.name] += int(outcome.tripped.sum())
+            for row in np.nonzero(outcome.tripped & undecided)[0]:
+                reasons[row] = r.name
+                details[row] = outcome.detail(int(row))
+            undecided &= ~outcome.tripped
+        return reasons, details

@@ -1,0 +1,234 @@
+"""Heuristic rules: each rule on a document that trips it and one that does not; the stage end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import Cli, read_manifest, read_rows
+from factories import write_shards
+from test_bad_input import assert_no_output, assert_user_error
+
+from thresher.pipelines.heuristic_rules import RULE_NAMES, Blocklists, blocked_hosts, expand_rules, rule
+from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.stages.heuristics import HeuristicChecker, HeuristicsParams
+from thresher.pipelines.text_views import TextBatch
+
+GOOD = (
+    "The harvest came late this year because the spring rains kept the fields wet until June. "
+    "Farmers in the valley waited with their machines ready, watching the sky and the soil.\n\n"
+    "When the wheat finally ripened, whole families worked from dawn to dusk to bring it in before the "
+    "autumn storms. Old threshing floors were swept clean and the mill by the river ran day and night.\n\n"
+    "By October the barns were full, and the village held its first market since the flood. Children "
+    "sold apples, bakers brought fresh bread, and the mayor thanked everyone who had helped with the work."
+)
+SENTENCES = [s.strip() for s in GOOD.replace("\n\n", " ").split(". ") if s.strip()]
+STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}
+
+TRIPS = {
+    "gopher_word_count": "The harvest came late this year.",
+    "gopher_mean_word_length": " ".join(f"incomprehensibilities{i}" for i in range(60)) + ".",
+    "gopher_symbol_ratio": GOOD + " #" * 30,
+    "gopher_bullet_lines": "\n".join(f"- {s}" for s in SENTENCES),
+    "gopher_ellipsis_lines": "\n".join(f"{s} ..." for s in SENTENCES),
+    "gopher_alpha_words": GOOD + " " + " ".join(str(n) for n in range(1000, 1100)),
+    "gopher_stop_words": " ".join(w for w in GOOD.split() if w.lower().strip(".,") not in STOP),
+    "gopher_dup_lines": GOOD.replace("\n\n", "\n") + "\nRead more.\nRead more.\nRead more.\nRead more.",
+    "gopher_dup_line_chars": GOOD + "\n" + "\n".join([SENTENCES[2] + "."] * 3),
+    "gopher_dup_paragraphs": "\n\n".join([GOOD.split("\n\n")[0]] * 4 + [GOOD.split("\n\n")[1]]),
+    "gopher_dup_paragraph_chars": "\n\n".join([*GOOD.split("\n\n"), GOOD.split("\n\n")[1]]),
+    "gopher_top_ngram": GOOD + " " + " ".join(["cheap flights"] * 30),
+    "gopher_dup_ngram": GOOD + " " + " ".join([SENTENCES[0] + "."] * 3),
+    "c4_terminal_punct": "\n".join(w for w in GOOD.replace(".", "").split(", ")),
+    "c4_lorem_ipsum": GOOD + " Lorem ipsum dolor sit amet.",
+    "c4_javascript_cookie": "Please enable JavaScript to view this page.\nWe use cookies on this site.\n"
+    + GOOD.replace("\n\n", "\n"),
+    "word_blocklist": GOOD + " It was a scam, some said.",
+}
+
+
+@pytest.fixture
+def blocklists(tmp_path: Path) -> Blocklists:
+    words = tmp_path / "words.txt"
+    words.write_text("# words nobody wants\nscam\n\nfree money\n", encoding="utf-8")
+    domains = tmp_path / "domains.txt"
+    domains.write_text("spam.example\nhttps://www.bad.example/some/page\n", encoding="utf-8")
+    return Blocklists.load([str(words)], [str(domains)])
+
+
+def test_the_good_document_trips_no_rule(blocklists: Blocklists) -> None:
+    params = HeuristicsParams(word_blocklist=["x"], url_blocklist=["y"])
+    checker = HeuristicChecker(params, blocklists)
+    reasons, details = checker.check(TextBatch(pa.array([GOOD]), pa.array(["https://news.example/a"])))
+    assert reasons == [None], details
+
+
+@pytest.mark.parametrize("name", sorted(TRIPS))
+def test_rule_trips_on_its_document_and_not_on_prose(name: str, blocklists: Blocklists) -> None:
+    outcome = rule(name).measure(TextBatch(pa.array([GOOD, TRIPS[name]])), HeuristicsParams(), blocklists)
+    assert outcome.tripped.tolist() == [False, True], outcome.value
+    assert outcome.detail(1)
+
+
+def test_every_rule_has_a_test_case() -> None:
+    assert set(TRIPS) | {"url_blocklist"} == set(RULE_NAMES)
+
+
+def test_word_blocklist_matches_whole_words_and_phrases(blocklists: Blocklists) -> None:
+    texts = ["A scam!", "Scampi is tasty.", "Get free  money now", "free of money", "SCAM"]
+    outcome = rule("word_blocklist").measure(TextBatch(pa.array(texts)), HeuristicsParams(), blocklists)
+    assert outcome.tripped.tolist() == [True, False, True, False, True]
+    assert outcome.detail(2) == "'free money' is blocklisted"
+
+
+def test_url_blocklist_blocks_domains_and_their_subdomains(blocklists: Blocklists) -> None:
+    urls = pa.array(
+        [
+            "https://spam.example/x",
+            "http://www.spam.example:8080/y",
+            "https://notspam.example/",
+            "https://bad.example",
+            None,
+            "ftp://user@spam.example/z",
+        ]
+    )
+    blocked, matched = blocked_hosts(urls, blocklists.domains)
+    assert blocked.tolist() == [True, True, False, True, False, True]
+    assert matched[1] == "spam.example"
+    outcome = rule("url_blocklist").measure(
+        TextBatch(pa.array(["t"] * 6), urls), HeuristicsParams(), blocklists
+    )
+    assert outcome.tripped.tolist() == blocked.tolist()
+
+
+def test_drop_reason_is_the_first_rule_in_catalogue_order() -> None:
+    checker = HeuristicChecker(HeuristicsParams(rules=["c4", "gopher"]), Blocklists())
+    # Short, no stop words, lorem ipsum: gopher_word_count comes first in the catalogue.
+    reasons, details = checker.check(TextBatch(pa.array(["Lorem ipsum dolor."])))
+    assert reasons == ["gopher_word_count"]
+    assert details[0] == "3 words, outside 50..100000"
+    assert checker.tripped["c4_lorem_ipsum"] == 1
+
+
+def test_rule_groups_expand_and_unknown_rules_are_rejected() -> None:
+    assert expand_rules(["c4"]) == ("c4_terminal_punct", "c4_lorem_ipsum", "c4_javascript_cookie")
+    assert expand_rules(["c4_lorem_ipsum", "gopher_word_count"]) == ("gopher_word_count", "c4_lorem_ipsum")
+    with pytest.raises(ValueError, match="unknown rule 'gopher_magic'"):
+        HeuristicsParams(rules=["gopher_magic"])
+
+
+def test_thresholds_are_tunable() -> None:
+    text = pa.array([" ".join(["word"] * 40) + "."])
+    assert rule("gopher_word_count").measure(TextBatch(text), HeuristicsParams(), Blocklists()).tripped[0]
+    loose = HeuristicsParams(min_words=10)
+    assert not rule("gopher_word_count").measure(TextBatch(text), loose, Blocklists()).tripped[0]
+    repeated = pa.array([GOOD + " " + " ".join(["cheap flights"] * 30)])
+    lenient = HeuristicsParams(top_ngram=["2:0.9", "3:0.9", "4:0.9"])
+    assert not rule("gopher_top_ngram").measure(TextBatch(repeated), lenient, Blocklists()).tripped[0]
+
+
+def test_empty_and_null_texts_are_measured_without_errors() -> None:
+    checker = HeuristicChecker(HeuristicsParams(), Blocklists())
+    reasons, details = checker.check(TextBatch(pa.array(["", None, "   \n\n  "], pa.string())))
+    assert reasons == ["gopher_word_count"] * 3
+    assert details[0] == "0 words, outside 50..100000"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stage
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    sample = generate_web(400, seed=3)
+    write_shards(sample.table, tmp_path / "web", rows_per_shard=150)
+    return tmp_path / "web", dict(
+        zip(sample.truth["id"].to_pylist(), sample.truth["kind"].to_pylist(), strict=True)
+    )
+
+
+def test_heuristics_stage_drops_junk_and_names_rules(
+    cli: Cli, tmp_path: Path, web: tuple[Path, dict[str, str]]
+) -> None:
+    src, kinds = web
+    words = tmp_path / "words.txt"
+    words.write_text("casino\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = cli("heuristics", src, out, "--workers", "1", "-q", "--word-blocklist", words)
+    assert result.exit_code == 0, result.output
+
+    kept = {r["id"] for r in read_rows(out)}
+    dropped = pq.read_table(out / "_dropped").to_pylist()
+    assert len(kept) + len(dropped) == 400
+    assert {r["stage"] for r in dropped} == {"heuristics"}
+    assert all(r["reason"] in RULE_NAMES and r["detail"] for r in dropped)
+    for kind in ("short", "spam", "boilerplate", "non_latin"):
+        assert not any(kinds[i] == kind for i in kept), kind
+    assert sum(kinds[i] == "clean" for i in kept) > 0.5 * sum(k == "clean" for k in kinds.values())
+
+    summary = read_manifest(out)["summary"]
+    by_rule = {}
+    for r in dropped:
+        by_rule[r["reason"]] = by_rule.get(r["reason"], 0) + 1
+    assert {k: v for k, v in summary["dropped_by_rule"].items() if v} == by_rule
+    assert "word_blocklist" in summary["rules"]
+    assert all(summary["tripped_by_rule"][k] >= v for k, v in summary["dropped_by_rule"].items())
+    assert read_manifest(out)["totals"]["dropped"] == dict(sorted(by_rule.items()))
+
+
+def test_url_blocklist_through_the_cli(cli: Cli, tmp_path: Path) -> None:
+    table = pa.table(
+        {"id": ["a", "b"], "text": [GOOD, GOOD], "url": ["https://ok.example/1", "https://m.spam.example/2"]}
+    )
+    write_shards(table, tmp_path / "in", rows_per_shard=10)
+    (tmp_path / "domains.txt").write_text("spam.example\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ("--rules", "c4_lorem_ipsum", "--url-blocklist", tmp_path / "domains.txt")
+    result = cli("heuristics", tmp_path / "in", out, "-w", "1", "-q", *args)
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_rows(out)] == ["a"]
+    assert pq.read_table(out / "_dropped").to_pylist()[0]["reason"] == "url_blocklist"
+
+
+def test_changing_a_blocklist_file_reruns_the_stage(cli: Cli, tmp_path: Path) -> None:
+    table = pa.table({"id": ["a", "b"], "text": [GOOD, GOOD.replace("harvest", "casino")]})
+    write_shards(table, tmp_path / "in", rows_per_shard=10)
+    words = tmp_path / "words.txt"
+    words.write_text("scam\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ("heuristics", tmp_path / "in", out, "-w", "1", "-q", "--rules", "c4", "--word-blocklist", words)
+    assert cli(*args).exit_code == 0
+    assert len(read_rows(out)) == 2
+    words.write_text("casino\n", encoding="utf-8")
+    assert cli(*args).exit_code == 0
+    assert [r["id"] for r in read_rows(out)] == ["a"]
+
+
+def test_bad_heuristics_options_are_one_line_errors(cli: Cli, tmp_path: Path) -> None:
+    write_shards(pa.table({"id": ["a"], "text": [GOOD]}), tmp_path / "in", rows_per_shard=10)
+    out = tmp_path / "out"
+    assert_user_error(cli("heuristics", tmp_path / "in", out, "--rules", "nope"), 2, "unknown rule 'nope'")
+    missing = tmp_path / "missing.txt"
+    assert_user_error(cli("heuristics", tmp_path / "in", out, "--word-blocklist", missing), 2, "missing.txt")
+    assert_user_error(
+        cli("heuristics", tmp_path / "in", out, "--rules", "gopher,word_blocklist"),
+        2,
+        "--word-blocklist FILE",
+    )
+    assert_user_error(cli("heuristics", tmp_path / "in", out, "--top-ngram", "2-0.1"), 2, "--top-ngram")
+    (tmp_path / "d.txt").write_text("x.example\n", encoding="utf-8")
+    assert_user_error(
+        cli("heuristics", tmp_path / "in", out, "--url-blocklist", tmp_path / "d.txt"), 1, "'url'"
+    )
+    assert_no_output(out)
+
+
+def test_example_blocklists_load() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    lists = Blocklists.load(
+        [str(repo / "recipes/blocklists/spam-words.txt")], [str(repo / "recipes/blocklists/domains.txt")]
+    )
+    assert "casino" in lists.words and "replica watches" in lists.phrases
+    assert lists.domains == {"spam.example", "link-farm.example", "ads.example.net"}
