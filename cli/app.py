@@ -50,7 +50,8 @@ def list_stages() -> None:
         table.add_column(column)
     for name, cls in registry.stages().items():
         params = "\n".join(
-            f"{field}={f.get_default(call_default_factory=True)!r}"
+            f"{field}="
+            + ("(required)" if f.is_required() else repr(f.get_default(call_default_factory=True)))
             for field, f in cls.Params.model_fields.items()
         )
         command = "thresher " + " ".join(cls.command) if cls.command else f"thresher apply {name}"

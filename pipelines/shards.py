@@ -77,7 +77,7 @@ class ShardSet:
             schema = pf.schema_arrow
             for column in required_columns:
                 if column not in schema.names:
-                    hint = " (pass --text-column)" if column not in (ID_COLUMN,) else ""
+                    hint = " (pass --text-column)" if column in string_columns else ""
                     raise ThresherError(
                         f"{path}: no column '{column}'{hint}; columns are: {', '.join(schema.names)}"
                     )
