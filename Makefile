@@ -5,13 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO := out/demo
 
-.PHONY: install system-deps demo test test-slow lint format bench clean
+.PHONY: install system-deps kenlm-tools demo test test-slow lint format bench clean
 
-# Debian packages the test suite runs for real: Slurm and munge (the Slurm executor), Chromium (the HTML
-# report is opened in a headless browser). Needs root; installs only what is missing.
-SYSTEM_PACKAGES := slurm-wlm munge chromium
+# Debian packages: Slurm and munge (the Slurm executor's tests run a real one), Chromium (the HTML report
+# is opened in a headless browser), and what KenLM's lmplz/build_binary build with. Needs root; installs
+# only what is missing.
+SYSTEM_PACKAGES := slurm-wlm munge chromium cmake g++ libboost-program-options-dev libboost-system-dev \
+	libboost-thread-dev libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
 
-install: $(STAMP)
+install: $(STAMP) kenlm-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +25,11 @@ $(STAMP): pyproject.toml
 	# (and its stage entry points) once pyproject.toml changes.
 	rm -rf thresher.egg-info
 	touch $(STAMP)
+
+# lmplz and build_binary are not in the kenlm wheel: built from the same version's sdist into .venv/bin
+# (about 35 s; does nothing when both exist). Needs the packages `make system-deps` installs.
+kenlm-tools: $(STAMP)
+	$(BIN)/python -m thresher.scorers.kenlm_build --bin-dir $(BIN)
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -37,7 +44,7 @@ demo: install
 	$(BIN)/thresher run recipes/web-pretrain.yaml --input sample_data/web.jsonl --output $(DEMO)
 	$(BIN)/thresher report $(DEMO)
 
-lint: install
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -45,14 +52,19 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: install lint
 	$(BIN)/python -m pytest -q
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# -P: bench/ must not shadow standard modules on the import path.
 bench: install
-	$(BIN)/python bench/engine.py
+	$(BIN)/python -P bench/engine.py
+	$(BIN)/python -P bench/dedup.py --docs 100000
+	$(BIN)/python -P bench/quality.py
+	$(BIN)/python -P bench/perplexity.py
+	$(BIN)/python -P bench/doremi.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
