@@ -58,13 +58,14 @@ test: install lint
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
-# -P: bench/ must not shadow standard modules on the import path.
+# -P keeps the folder of the script off sys.path (the scripts import what they need explicitly).
 bench: install
 	$(BIN)/python -P bench/engine.py
 	$(BIN)/python -P bench/dedup.py --docs 100000
 	$(BIN)/python -P bench/quality.py
 	$(BIN)/python -P bench/perplexity.py
 	$(BIN)/python -P bench/doremi.py
+	$(BIN)/python -P bench/selection.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

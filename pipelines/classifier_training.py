@@ -30,6 +30,7 @@ class LabelledBatch:
     ids: pa.Array
     texts: pa.Array
     labels: list[str | None]  # None: not used for training
+    pairs: pa.Array | None = None  # second text of a (question, answer) pair, for pair classifiers
 
 
 @dataclass

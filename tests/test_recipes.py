@@ -46,6 +46,8 @@ def test_recipe_runs_every_step_into_numbered_folders(recipe_run: Path) -> None:
         "05-quality-train",
         "06-quality-score",
         "07-top-quality",
+        "08-kenlm",
+        "09-perplexity-kenlm",
     ]
     assert all((recipe_run / s / "_manifest.json").exists() for s in steps)
 

@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from thresher.pipelines.classifier_training import LabelledBatch, heldout_metrics, write_training_files
+from thresher.pipelines.digest import file_digest
 from thresher.pipelines.errors import ThresherError, UsageError
-from thresher.pipelines.manifest import TaskRecord
+from thresher.pipelines.manifest import FileRecord, TaskRecord
 from thresher.pipelines.mapping import BatchOutcome, map_shard
 from thresher.pipelines.shards import ID_COLUMN, Shard, ShardSet, iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
@@ -41,6 +42,7 @@ from thresher.scorers.fasttext_model import (
 )
 
 METRICS_FILE = "metrics.json"
+DEBERTA_DIR = "model"  # --backbone deberta-v3: a save_pretrained folder
 HISTOGRAM_BINS = 20
 
 
@@ -74,6 +76,27 @@ class QualityTrainParams(StageParams):
     holdout: float = Field(
         0.1, ge=0, lt=1, description="Share of rows held out for the metrics (by id hash)."
     )
+    backbone: Literal["fasttext", "deberta-v3"] = Field(
+        "fasttext",
+        description="fasttext: a fastText classifier (model.bin). deberta-v3: fine-tune the local "
+        "DeBERTa-v3-style model at --base as a one-logit quality/reward classifier (model/ folder).",
+    )
+    base: str | None = Field(
+        None,
+        description="--backbone deberta-v3: local folder (or HF cache name) of the base model to fine-tune.",
+    )
+    pair_column: str | None = Field(
+        None,
+        description="--backbone deberta-v3: column with the second text of "
+        "a pair (e.g. output, with --text-column instruction).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="--backbone deberta-v3: where to train."
+    )
+    finetune_epochs: int = Field(3, ge=1, le=100, description="--backbone deberta-v3: epochs.")
+    finetune_lr: float = Field(3e-5, gt=0, le=1, description="--backbone deberta-v3: learning rate.")
+    batch_size: int = Field(16, ge=1, description="--backbone deberta-v3: batch size.")
+    max_length: int = Field(512, ge=8, description="--backbone deberta-v3: tokens per (text, pair) input.")
     epoch: int = Field(10, ge=1, le=1000, description="fastText epochs.")
     lr: float = Field(0.5, gt=0, le=10, description="fastText learning rate.")
     dim: int = Field(32, ge=1, le=1024, description="fastText vector size.")
@@ -88,6 +111,8 @@ class QualityTrainParams(StageParams):
         # fastText hashes word n-grams modulo --bucket: with none it divides by zero and kills the process.
         if self.bucket == 0 and self.word_ngrams > 1:
             raise ValueError("--bucket 0 only works with --word-ngrams 1")
+        if self.backbone == "deberta-v3" and not self.base:
+            raise ValueError("--backbone deberta-v3 needs --base, the local model folder to fine-tune")
         return self
 
 
@@ -123,6 +148,10 @@ class QualityTrain(Stage):
             raise UsageError("--label and --negative-label must be single words (no spaces)")
         negative = self._negative_set()
         files = [s.path for s in negative.shards] if negative else []
+        if p.backbone == "deberta-v3" and p.base:
+            from thresher.scorers.torch_runtime import model_files
+
+            files.extend(model_files(p.base))
         if p.labels:
             path = Path(p.labels)
             if not path.is_file():
@@ -159,6 +188,10 @@ class QualityTrain(Stage):
             if task.args["labels_file"]
             else None
         )
+        if p.backbone == "deberta-v3":
+            return self._finetune_deberta(
+                self._labelled(shards, task.args["negative_from"], side_labels, tc), tc
+            )
         work = self.ctx.work / "quality-train"
         files = write_training_files(
             self._labelled(shards, task.args["negative_from"], side_labels, tc),
@@ -197,6 +230,42 @@ class QualityTrain(Stage):
             tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         return TaskResult(extra=report)
 
+    def _finetune_deberta(self, batches: Iterator[LabelledBatch], tc: TaskContext) -> TaskResult:
+        from thresher.scorers.deberta import FinetuneSettings, finetune_from_batches
+
+        p = self.params
+        assert p.base is not None
+        out = self.ctx.output / DEBERTA_DIR
+        settings = FinetuneSettings(
+            epochs=p.finetune_epochs,
+            learning_rate=p.finetune_lr,
+            batch_size=p.batch_size,
+            max_length=p.max_length,
+            seed=self.ctx.seed,
+            device=p.device,
+        )
+        report = finetune_from_batches(
+            (
+                (
+                    b.ids.to_pylist(),
+                    b.texts.to_pylist(),
+                    b.pairs.to_pylist() if b.pairs is not None else None,
+                    b.labels,
+                )
+                for b in batches
+            ),
+            positive=p.label,
+            base=p.base,
+            out_dir=out,
+            holdout=p.holdout,
+            settings=settings,
+        )
+        for f in sorted(out.iterdir()):
+            tc.record(FileRecord(path=str(f), size=f.stat().st_size, digest=file_digest(f)))
+        with tc.artifact(METRICS_FILE) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        return TaskResult(extra=json.loads(json.dumps(report, default=str)))
+
     def _labelled(
         self, shards: list[Path], negative_from: int, side_labels: dict[str, str] | None, tc: TaskContext
     ) -> Iterator[LabelledBatch]:
@@ -204,7 +273,12 @@ class QualityTrain(Stage):
         for i, shard in enumerate(shards):
             fixed = None if p.label_column else (p.label if i < negative_from else p.negative_label)
             from_shard = p.label_column if p.label_column and side_labels is None else None
-            columns = [ID_COLUMN, p.text_column, *([from_shard] if from_shard else [])]
+            columns = [
+                ID_COLUMN,
+                p.text_column,
+                *([from_shard] if from_shard else []),
+                *([p.pair_column] if p.pair_column else []),
+            ]
             for batch in iter_batches(shard, columns):
                 ids = batch.column(ID_COLUMN)
                 if fixed is not None:
@@ -216,7 +290,8 @@ class QualityTrain(Stage):
                         else [side_labels.get(x) for x in ids.to_pylist()]  # type: ignore[union-attr]
                     )
                     labels = [self._map_label(v) for v in raw]
-                yield LabelledBatch(ids, batch.column(p.text_column), labels)
+                pairs = batch.column(p.pair_column) if p.pair_column else None
+                yield LabelledBatch(ids, batch.column(p.text_column), labels, pairs)
                 tc.progress(batch.num_rows)
 
     def _map_label(self, value: Any) -> str | None:
@@ -236,7 +311,8 @@ class QualityTrain(Stage):
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         fit = [r for r in records if r.phase == "fit"]
-        return {"model": MODEL_FILE, "metrics": METRICS_FILE, **(fit[0].extra if fit else {})}
+        model = DEBERTA_DIR if self.params.backbone == "deberta-v3" else MODEL_FILE
+        return {"model": model, "metrics": METRICS_FILE, **(fit[0].extra if fit else {})}
 
 
 def _read_labels(path: Path, column: str) -> dict[str, str]:

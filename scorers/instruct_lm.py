@@ -1,0 +1,215 @@
+"""A causal LM as an instruction follower: one prompt format, completion-only loss, fine-tuning on
+(instruction, input, output) rows, and greedy answers to new instructions.
+
+Used by MoDS's necessity step (fine-tune the proxy/base LM on the seed set, then answer the remaining
+instructions) and by LESS (the same encoding decides which tokens' loss the gradients come from).
+
+The prompt is Alpaca's layout. Loss and gradients count the answer tokens and the closing EOS only, never
+the prompt. Examples longer than `max_length` tokens keep their beginning; an example whose prompt alone
+fills `max_length` has no answer tokens left and is reported as such, never silently scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from thresher.scorers.device import DeviceName, resolve_device
+from thresher.scorers.torch_runtime import (
+    length_batches,
+    linear_schedule,
+    load_pretrained,
+    load_tokenizer,
+    pad_batch,
+    quiet_transformers,
+    seed_torch,
+    shuffled_batches,
+)
+
+log = logging.getLogger("thresher")
+IGNORE = -100  # the label transformers' loss skips
+
+
+def prompt_text(instruction: str | None, inp: str | None) -> str:
+    instruction = (instruction or "").strip()
+    inp = (inp or "").strip()
+    if inp:
+        return f"### Instruction:\n{instruction}\n\n### Input:\n{inp}\n\n### Response:\n"
+    return f"### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    prompt_tokens: int  # tokens before the answer (BOS and prompt): masked out of the loss
+    truncated: bool
+
+    @property
+    def answer_tokens(self) -> int:
+        return len(self.ids) - self.prompt_tokens
+
+    def labels(self) -> list[int]:
+        return [IGNORE] * self.prompt_tokens + self.ids[self.prompt_tokens :]
+
+
+class InstructLM:
+    """A local causal LM folder (e.g. the proxy LM of `thresher lm train proxy`) with its tokenizer."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: DeviceName = "auto",
+        max_length: int = 512,
+        for_training: bool = False,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        quiet_transformers()
+        self.placement = resolve_device(device)
+        self.tokenizer = load_tokenizer(model, "causal LM")
+        # Training keeps fp32 master weights (bf16 comes from autocast); inference can run in bf16.
+        dtype = torch.float32 if for_training else self.placement.dtype
+        self.model = load_pretrained(AutoModelForCausalLM, model, "causal LM", dtype=dtype)
+        self.model.to(self.placement.device).eval()
+        config = self.model.config
+        limit = next(
+            (
+                v
+                for v in (getattr(config, n, None) for n in ("max_position_embeddings", "n_positions"))
+                if isinstance(v, int) and v > 0
+            ),
+            max_length,
+        )
+        self.max_length = int(min(max_length, limit))
+        tok = self.tokenizer
+        self.bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        self.eos_id = tok.eos_token_id
+        self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None), 0)
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [
+            list(x) for x in self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        ]
+
+    def encode(
+        self, instructions: Sequence[str | None], inputs: Sequence[str | None], outputs: Sequence[str | None]
+    ) -> list[Encoded]:
+        """Prompt + answer + EOS token ids with the prompt length, cut to max_length from the end."""
+        prompts = self._ids([prompt_text(i, x) for i, x in zip(instructions, inputs, strict=True)])
+        answers = self._ids([o or "" for o in outputs])
+        eos = [self.eos_id] if self.eos_id is not None else []
+        out = []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            ids = self.bos + prompt + answer + eos
+            head = len(self.bos) + len(prompt)
+            truncated = len(ids) > self.max_length
+            ids = ids[: self.max_length]
+            out.append(Encoded(ids, min(head, len(ids)), truncated))
+        return out
+
+    # -- fine-tuning ---------------------------------------------------------------------------------------
+    def finetune(
+        self,
+        examples: Sequence[Encoded],
+        *,
+        epochs: int,
+        learning_rate: float,
+        batch_size: int,
+        seed: int,
+        weight_decay: float = 0.0,
+    ) -> list[float]:
+        """Full fine-tuning on the answer tokens (AdamW, linear warmup and decay). Returns the mean loss
+        of each epoch."""
+        import torch
+
+        usable = [e for e in examples if e.answer_tokens > 0]
+        if not usable:
+            return []
+        seed_torch(seed)
+        model = self.model
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        total = math.ceil(len(usable) / batch_size) * epochs
+        scheduler = linear_schedule(optimizer, total)
+        generator = torch.Generator().manual_seed(seed)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.placement.is_cuda)
+        losses = []
+        for epoch in range(epochs):
+            seen = 0.0
+            for batch in shuffled_batches([len(e.ids) for e in usable], batch_size, generator):
+                loss = self.batch_loss([usable[i] for i in batch], autocast)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                seen += float(loss.detach()) * len(batch)
+            losses.append(round(seen / len(usable), 6))
+            log.info("fine-tune: epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
+        model.eval()
+        return losses
+
+    def batch_loss(self, batch: Sequence[Encoded], autocast: Any) -> Any:
+        """Mean cross-entropy over the answer tokens of a batch (right-padded)."""
+        import torch
+
+        ids, mask = pad_batch([e.ids for e in batch], self.pad_id)
+        labels = torch.full_like(ids, IGNORE)
+        for row, e in enumerate(batch):
+            labels[row, : len(e.ids)] = torch.tensor(e.labels(), dtype=torch.long)
+        device = self.placement.device
+        with autocast:
+            out = self.model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+            )
+        return out.loss.float()
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def generate(
+        self,
+        instructions: Sequence[str | None],
+        inputs: Sequence[str | None],
+        *,
+        max_new_tokens: int = 128,
+        batch_size: int = 16,
+    ) -> list[str]:
+        """Greedy answers (deterministic), batched by prompt length with left padding."""
+        import torch
+
+        budget = max(1, self.max_length - max_new_tokens)
+        # Keep the end of an over-long prompt: "### Response:" must stay right before the answer.
+        prompts = [
+            (self.bos + p)[-budget:]
+            for p in self._ids([prompt_text(i, x) for i, x in zip(instructions, inputs, strict=True)])
+        ]
+        answers = [""] * len(prompts)
+        new_tokens = min(max_new_tokens, self.max_length - 1)
+        with torch.inference_mode():
+            for batch in length_batches([len(p) for p in prompts], batch_size):
+                ids, mask = pad_batch([prompts[i] for i in batch], self.pad_id, left=True)
+                out = self.model.generate(
+                    input_ids=ids.to(self.placement.device),
+                    attention_mask=mask.to(self.placement.device),
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=self.eos_id,
+                )
+                generated = out[:, ids.shape[1] :].cpu().numpy()
+                for row, i in enumerate(batch):
+                    tokens = generated[row]
+                    if self.eos_id is not None:
+                        stop = np.nonzero(tokens == self.eos_id)[0]
+                        tokens = tokens[: stop[0]] if len(stop) else tokens
+                    answers[i] = self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True).strip()
+        return answers

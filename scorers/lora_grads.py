@@ -1,0 +1,409 @@
+"""LESS gradient features (Xia et al. 2024, "LESS: Selecting Influential Data for Targeted Instruction
+Tuning"): a LoRA warmup of a small causal LM, then for every example and warmup checkpoint the gradient of
+its answer-token loss with respect to the LoRA weights, made comparable by a seeded random projection and
+L2 normalisation.
+
+- Warmup (`warmup_lora`): LoRA (peft) on a small random part of the pool for a few epochs with AdamW and a
+  linear schedule; after each epoch a checkpoint holds the LoRA weights, AdamW's two moment estimates and
+  the epoch's mean learning rate (the checkpoint's weight in the score).
+- Features (`GradientFeaturizer`): per example (batch of one, eval mode, so no dropout), the flat LoRA
+  gradient g. Pool examples are scored by the update Adam would make from that checkpoint,
+  `m' / (sqrt(v') + eps)` with `m' = b1 m + (1 - b1) g` and `v' = b2 v + (1 - b2) g^2`; target examples by
+  the plain gradient (`adam_direction`). Bias correction is left out: it scales every coordinate by the
+  same factor, which the normalisation removes.
+- Projection (`RademacherProjector`): a seeded d x k matrix of +-1/sqrt(k) signs, generated in row blocks
+  from (seed, block) so it never has to exist whole; inner products are preserved in expectation with
+  error shrinking like 1/sqrt(k) (Johnson-Lindenstrauss).
+- Score (`subtask_scores`): the learning-rate-weighted sum over checkpoints of cosine similarities to each
+  target example, averaged within each target subtask, then the maximum over subtasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from thresher.pipelines.errors import ThresherError
+from thresher.scorers.instruct_lm import Encoded, InstructLM
+from thresher.scorers.torch_runtime import linear_schedule, seed_torch, shuffled_batches
+
+log = logging.getLogger("thresher")
+CHECKPOINT_META = "checkpoints.json"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The math, on plain arrays
+
+
+def adam_direction(
+    grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, beta1: float, beta2: float, eps: float
+) -> np.ndarray:
+    """The step direction Adam would take from moments (m, v) on seeing gradient g (rows: examples)."""
+    m = beta1 * exp_avg + (1.0 - beta1) * grad
+    v = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
+    return m / (np.sqrt(v) + eps)
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Unit rows; an all-zero row (no gradient) becomes NaN so it can never look similar to anything."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, x / norms, np.nan).astype(np.float32)
+
+
+def subtask_scores(
+    similarity: np.ndarray, subtasks: Sequence[str] | np.ndarray
+) -> tuple[np.ndarray, list[str]]:
+    """(n_pool, n_target) similarities -> per pool row, the best subtask's mean similarity.
+
+    Returns the scores and the name of the winning subtask of each row (the first in sorted order on a
+    tie)."""
+    subtasks = np.asarray(subtasks)
+    names = sorted(set(subtasks.tolist()))
+    if not names:
+        raise ValueError("no target examples")
+    means = np.stack([similarity[:, subtasks == name].mean(axis=1) for name in names], axis=1)
+    best = np.argmax(means, axis=1)
+    return means[np.arange(len(means)), best], [names[i] for i in best]
+
+
+class RademacherProjector:
+    """x -> x P with P[i, j] = +-1/sqrt(k), signs drawn from a hash of (seed, row block): the same seed
+    gives the same P on any machine, and P is built block by block (cached when it is small)."""
+
+    BLOCK_ROWS = 4096
+    CACHE_ENTRIES = 1 << 24  # 64 MB of float32: beyond that, blocks are regenerated per call
+
+    def __init__(self, dim_in: int, dim_out: int, seed: int) -> None:
+        if dim_in < 1 or dim_out < 1:
+            raise ValueError("projection dimensions must be positive")
+        self.dim_in, self.dim_out, self.seed = dim_in, dim_out, seed
+        self._cache: np.ndarray | None = None
+        if dim_in * dim_out <= self.CACHE_ENTRIES:
+            self._cache = np.concatenate([self._block(b) for b in range(self._blocks)], axis=0)
+
+    @property
+    def _blocks(self) -> int:
+        return math.ceil(self.dim_in / self.BLOCK_ROWS)
+
+    def _block(self, b: int) -> np.ndarray:
+        rows = min(self.BLOCK_ROWS, self.dim_in - b * self.BLOCK_ROWS)
+        block_seed = xxhash.xxh3_64_intdigest(f"rademacher:{self.seed}:{b}".encode())
+        signs = np.random.default_rng(block_seed).integers(0, 2, size=(rows, self.dim_out), dtype=np.int8)
+        return (signs.astype(np.float32) * 2.0 - 1.0) / np.float32(math.sqrt(self.dim_out))
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[-1] != self.dim_in:
+            raise ValueError(f"expected vectors of {self.dim_in} values, got {x.shape[-1]}")
+        if self._cache is not None:
+            return x @ self._cache
+        out = np.zeros((*x.shape[:-1], self.dim_out), dtype=np.float32)
+        for b in range(self._blocks):
+            lo = b * self.BLOCK_ROWS
+            out += x[..., lo : lo + self.BLOCK_ROWS] @ self._block(b)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Warmup
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 128
+    alpha: int = 512
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] | None = None  # None: peft's default for the architecture
+
+
+@dataclass(frozen=True)
+class WarmupSettings:
+    epochs: int = 4
+    learning_rate: float = 2e-5
+    batch_size: int = 16
+    seed: int = 0
+    lora: LoraSettings = LoraSettings()
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: str  # safetensors file: LoRA weights and AdamW moments
+    epoch: int
+    learning_rate: float  # mean learning rate over the epoch: the checkpoint's weight in the score
+    steps: int
+
+
+def _lora_model(lm: InstructLM, lora: LoraSettings) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2 keeps its projections in Conv1D (weights stored transposed): tell peft, rather than have it
+    # guess with a warning.
+    transposed = any(isinstance(m, Conv1D) for m in lm.model.modules())
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        fan_in_fan_out=transposed,
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if lora.target_modules else None,
+    )
+    try:
+        return get_peft_model(lm.model, config)
+    except ValueError as exc:
+        raise ThresherError(
+            f"LoRA cannot wrap this model ({' '.join(str(exc).split())[:200]}); "
+            "name its projection modules with --lora-target-modules"
+        ) from None
+
+
+def _lora_params(model: Any) -> list[tuple[str, Any]]:
+    """The trainable LoRA tensors in a fixed (name) order: the layout of every flat gradient."""
+    return sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def warmup_lora(
+    model_path: str, examples: Sequence[Encoded], out_dir: Path, settings: WarmupSettings, device: str
+) -> list[CheckpointInfo]:
+    """Train LoRA on `examples` and write one checkpoint per epoch to `out_dir`."""
+    import torch
+    from safetensors.torch import save_file
+
+    usable = [e for e in examples if e.answer_tokens > 0]
+    if not usable:
+        raise ThresherError("LESS warmup: no warmup example has answer tokens left within --max-length")
+    lm = InstructLM(model_path, device=device, for_training=True)  # type: ignore[arg-type]
+    seed_torch(settings.seed)
+    model = _lora_model(lm, settings.lora)
+    lm.model = model
+    params = _lora_params(model)
+    optimizer = torch.optim.AdamW([p for _, p in params], lr=settings.learning_rate, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(usable) / settings.batch_size)
+    scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
+    generator = torch.Generator().manual_seed(settings.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=lm.placement.is_cuda)
+    beta1, beta2 = optimizer.param_groups[0]["betas"]
+    eps = optimizer.param_groups[0]["eps"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = []
+    step = 0
+    model.train()
+    for epoch in range(settings.epochs):
+        lrs, loss_sum = [], 0.0
+        for batch in shuffled_batches([len(e.ids) for e in usable], settings.batch_size, generator):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            loss = lm.batch_loss([usable[i] for i in batch], autocast)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(batch)
+            step += 1
+        tensors = {}
+        for name, p in params:
+            state = optimizer.state[p]
+            tensors[f"weight::{name}"] = p.detach().float().cpu().contiguous()
+            tensors[f"exp_avg::{name}"] = state["exp_avg"].float().cpu().contiguous()
+            tensors[f"exp_avg_sq::{name}"] = state["exp_avg_sq"].float().cpu().contiguous()
+        path = out_dir / f"epoch-{epoch + 1}.safetensors"
+        meta = {"beta1": str(beta1), "beta2": str(beta2), "eps": str(eps), "step": str(step)}
+        save_file(tensors, str(path), metadata=meta)
+        info = CheckpointInfo(str(path), epoch + 1, float(np.mean(lrs)), step)
+        checkpoints.append(info)
+        log.info("LESS warmup: epoch %d/%d loss %.4f", epoch + 1, settings.epochs, loss_sum / len(usable))
+    (out_dir / CHECKPOINT_META).write_text(
+        json.dumps([c.__dict__ for c in checkpoints], indent=2) + "\n", encoding="utf-8"
+    )
+    return checkpoints
+
+
+def read_checkpoints(out_dir: Path) -> list[CheckpointInfo]:
+    data = json.loads((out_dir / CHECKPOINT_META).read_text(encoding="utf-8"))
+    return [CheckpointInfo(**c) for c in data]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Features
+
+
+class GradientFeaturizer:
+    """Per-example LoRA gradient features at each warmup checkpoint: projected and L2-normalised."""
+
+    def __init__(
+        self,
+        model_path: str,
+        checkpoints: Sequence[CheckpointInfo],
+        lora: LoraSettings,
+        proj_dim: int,
+        seed: int,
+        device: str,
+        max_length: int,
+        batch_size: int = 16,
+    ) -> None:
+        from safetensors import safe_open
+
+        self.lm = InstructLM(model_path, device=device, max_length=max_length, for_training=True)  # type: ignore[arg-type]
+        seed_torch(seed)
+        self.model = _lora_model(self.lm, lora)
+        self.lm.model = self.model
+        self.model.eval()  # no dropout: a feature must not depend on a random mask
+        self.params = _lora_params(self.model)
+        self.dim = int(sum(p.numel() for _, p in self.params))
+        self.checkpoints = list(checkpoints)
+        self.states: list[dict[str, Any]] = []
+        for c in self.checkpoints:
+            with safe_open(c.path, framework="pt") as f:
+                meta = f.metadata()
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            names = [n for n, _ in self.params]
+            missing = [n for n in names if f"weight::{n}" not in tensors]
+            if missing:
+                raise ThresherError(f"{c.path}: checkpoint lacks LoRA weights for {missing[0]}")
+            self.states.append(
+                {
+                    "weights": [tensors[f"weight::{n}"] for n in names],
+                    "exp_avg": np.concatenate([tensors[f"exp_avg::{n}"].numpy().ravel() for n in names]),
+                    "exp_avg_sq": np.concatenate(
+                        [tensors[f"exp_avg_sq::{n}"].numpy().ravel() for n in names]
+                    ),
+                    "beta1": float(meta["beta1"]),
+                    "beta2": float(meta["beta2"]),
+                    "eps": float(meta["eps"]),
+                }
+            )
+        self.proj_dim = min(proj_dim, self.dim)
+        self.projector = RademacherProjector(self.dim, self.proj_dim, seed)
+        self.batch_size = batch_size
+        self._hooked = _linear_modules_of(self.model, [n for n, _ in self.params])
+
+    def _load(self, index: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            for (_, p), w in zip(self.params, self.states[index]["weights"], strict=True):
+                p.copy_(w.to(p.device, p.dtype))
+
+    def gradients_one_by_one(self, examples: Sequence[Encoded]) -> np.ndarray:
+        """Per-example flat LoRA gradients, one backward pass each (the reference for `gradients`)."""
+        import torch
+
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.lm.placement.is_cuda)
+        rows = []
+        for example in examples:
+            for _, p in self.params:
+                p.grad = None
+            self.lm.batch_loss([example], autocast).backward()
+            rows.append(
+                torch.cat([p.grad.detach().float().reshape(-1) for _, p in self.params]).cpu().numpy()
+            )
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+    def gradients(self, examples: Sequence[Encoded]) -> np.ndarray:
+        """Per-example flat LoRA gradients of each example's mean answer-token loss, from one batched
+        forward and backward pass.
+
+        Every LoRA tensor is the weight W of a bias-free linear map z = u W^T, so the gradient of example
+        i is sum_t dL/dz[i, t]^T u[i, t]: hooks keep each map's input u and output gradient dL/dz, and
+        the loss is the sum of the examples' own mean losses, so no example's gradient mixes with
+        another's. Padding sits after the real tokens and has no loss, so it adds nothing."""
+        import torch
+
+        from thresher.scorers.torch_runtime import pad_batch
+
+        if self._hooked is None:
+            return self.gradients_one_by_one(examples)
+        captured: dict[str, dict[str, Any]] = {name: {} for name in self._hooked}
+        handles = []
+        for name, module in self._hooked.items():
+
+            def keep(mod: Any, args: Any, out: Any, slot: dict[str, Any] = captured[name]) -> None:
+                slot["u"] = args[0].detach()
+                out.register_hook(lambda g, slot=slot: slot.__setitem__("g", g.detach()))
+
+            handles.append(module.register_forward_hook(keep))
+        try:
+            ids, mask = pad_batch([e.ids for e in examples], self.lm.pad_id)
+            labels = torch.full_like(ids, -100)
+            for row, e in enumerate(examples):
+                labels[row, : len(e.ids)] = torch.tensor(e.labels(), dtype=torch.long)
+            device = self.lm.placement.device
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.lm.placement.is_cuda)
+            with autocast:
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            targets = labels[:, 1:]
+            token_loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            counts = (targets != -100).sum(dim=1).clamp(min=1)
+            (token_loss.sum(dim=1) / counts).sum().backward()
+            parts = []
+            for name, _ in self.params:
+                slot = captured[name]
+                grad = torch.einsum("bto,bti->boi", slot["g"].float(), slot["u"].float())
+                parts.append(grad.reshape(len(examples), -1))
+            return torch.cat(parts, dim=1).cpu().numpy()
+        finally:
+            for handle in handles:
+                handle.remove()
+            for _, p in self.params:
+                p.grad = None
+
+    def features(self, examples: Sequence[Encoded], adam: bool) -> np.ndarray:
+        """(checkpoints, len(examples), proj_dim) float32 unit rows; NaN rows for examples with no answer
+        tokens (no gradient to compare)."""
+        out = np.full((len(self.checkpoints), len(examples), self.proj_dim), np.nan, dtype=np.float32)
+        usable = [i for i, e in enumerate(examples) if e.answer_tokens > 0]
+        if not usable:
+            return out
+        for c, state in enumerate(self.states):
+            self._load(c)
+            grads = np.concatenate(
+                [
+                    self.gradients([examples[i] for i in batch])
+                    for batch in _batches_of(usable, [len(examples[i].ids) for i in usable], self.batch_size)
+                ]
+            )
+            order = np.concatenate(
+                _batches_of(usable, [len(examples[i].ids) for i in usable], self.batch_size)
+            )
+            grads = grads[np.argsort(order, kind="stable")]
+            if adam:
+                grads = adam_direction(
+                    grads, state["exp_avg"], state["exp_avg_sq"], state["beta1"], state["beta2"], state["eps"]
+                )
+            out[c, usable] = normalise_rows(self.projector.project(grads))
+        return out
+
+
+def _batches_of(items: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """`items` in length-bucketed batches (see torch_runtime.length_batches)."""
+    from thresher.scorers.torch_runtime import length_batches
+
+    items = np.asarray(items)
+    return [items[b] for b in length_batches(lengths, batch_size)]
+
+
+def _linear_modules_of(model: Any, param_names: Sequence[str]) -> dict[str, Any] | None:
+    """The bias-free nn.Linear owning each trainable weight, by parameter name; None when some trainable
+    tensor is anything else (then gradients are taken one example at a time)."""
+    import torch
+
+    modules = dict(model.named_modules())
+    found = {}
+    for name in param_names:
+        owner, _, leaf = name.rpartition(".")
+        module = modules.get(owner)
+        if leaf != "weight" or not isinstance(module, torch.nn.Linear) or module.bias is not None:
+            return None
+        found[name] = module
+    return found

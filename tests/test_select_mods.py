@@ -1,0 +1,390 @@
+"""MoDS with tiny real models built here: the DeBERTa-v3-style tokenizer and classifier fine-tuning, the
+quality step (`select reward`), coverage (`select kcenter`), necessity (`select necessity`) and the
+whole chain (`select mods`), on generated instruction data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import read_manifest, read_rows
+from factories import parquet_bytes, run_cli, write_shards
+from tiny_models import build_tiny_deberta, build_tiny_encoder, build_tiny_gpt2
+
+from thresher.pipelines.classifier_training import roc_auc
+from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.sample_data import generate_instructions
+from thresher.scorers.deberta import (
+    TRAINING_FILE,
+    FinetuneSettings,
+    LabelledPairs,
+    RewardScorer,
+    finetune_classifier,
+    finetune_from_batches,
+    holdout_mask,
+    question_text,
+)
+from thresher.scorers.torch_runtime import load_tokenizer
+
+CPU = ("--device", "cpu", "-w", "1", "-q")
+
+
+def _pairs(table: pa.Table) -> LabelledPairs:
+    rows = table.to_pylist()
+    return LabelledPairs(
+        [question_text(r["instruction"], r["input"]) for r in rows],
+        [r["output"] for r in rows],
+        np.array([r["is_correct"] for r in rows]),
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("models")
+    backbone = build_tiny_deberta(root / "deberta")
+    heldout = generate_instructions(600, seed=22)
+    report = finetune_classifier(
+        _pairs(generate_instructions(1500, seed=21)),
+        str(backbone),
+        root / "reward",
+        FinetuneSettings(epochs=3, learning_rate=1e-3, batch_size=32, max_length=128, device="cpu"),
+        heldout=_pairs(heldout),
+    )
+    return {
+        "backbone": backbone,
+        "reward": root / "reward",
+        "report": report,
+        "heldout": heldout,
+        "encoder": build_tiny_encoder(root / "encoder"),
+        "lm": build_tiny_gpt2(root / "gpt2", context=256),
+    }
+
+
+def test_deberta_tokenizer_loads_with_its_whole_vocabulary(models: dict[str, Any], tmp_path: Path) -> None:
+    from transformers import DebertaV2Tokenizer
+
+    tokenizer = load_tokenizer(str(models["backbone"]), "test")
+    assert len(tokenizer) == 600
+    # Digits are pieces of their own (the tiny tokenizer splits them, so a model can read numbers).
+    assert [t for t in tokenizer.tokenize("What is 1234?") if t.strip("▁").isdigit()] == list("1234")
+    # The pitfall: built directly instead of from the folder, the class has 7 special tokens and no words.
+    assert len(DebertaV2Tokenizer(vocab_file=str(models["backbone"] / "spm.model"))) == 7
+    # A folder whose vocabulary did not load is refused in one line instead of scoring [UNK]s.
+    broken = tmp_path / "broken"
+    shutil.copytree(models["backbone"], broken)
+    for name in ("spm.model", "tokenizer.json"):
+        (broken / name).unlink()
+    with pytest.raises(ThresherError, match="only 7 tokens"):
+        load_tokenizer(str(broken), "reward model")
+
+
+def test_finetuned_classifier_separates_good_from_bad_answers(models: dict[str, Any]) -> None:
+    report = models["report"]
+    heldout: pa.Table = models["heldout"]
+    assert report["heldout"]["roc_auc"] > 0.7
+    assert report["epoch_loss"][-1] < report["epoch_loss"][0]
+    scores = RewardScorer(str(models["reward"]), device="cpu").score(
+        _pairs(heldout).texts, _pairs(heldout).pairs
+    )
+    assert np.isfinite(scores.scores).all() and not scores.truncated.any()
+    labels = np.array(heldout["is_correct"].to_pylist())
+    tasks = np.array(heldout["task"].to_pylist())
+    per_task = {t: roc_auc(labels[tasks == t], scores.scores[tasks == t]) for t in sorted(set(tasks))}
+    print("held-out AUC by task:", {t: round(a, 3) for t, a in per_task.items()})
+    # The scorer's scores are the trained model's: the same AUC as the training report measured.
+    assert roc_auc(labels, scores.scores) == pytest.approx(report["heldout"]["roc_auc"], abs=1e-3)
+    # Empty, truncated and off-topic answers are learnt from 1500 rows; checking arithmetic is not (a
+    # random-initialised model this small would have to learn addition and multiplication first).
+    for task in ("classify", "list"):
+        assert per_task[task] > 0.75, task
+
+
+def test_quality_train_deberta_backbone_from_labelled_batches(models: dict[str, Any], tmp_path: Path) -> None:
+    """What `quality train --backbone deberta-v3` runs: labelled batches, an id-hash held-out split."""
+    rows = generate_instructions(160, seed=31).to_pylist()
+    labels = ["good" if r["is_correct"] else "bad" for r in rows]
+    labels[0] = None  # unlabelled rows are left out and counted
+    batches = [
+        (
+            [r["id"] for r in rows[i : i + 80]],
+            [question_text(r["instruction"], r["input"]) for r in rows[i : i + 80]],
+            [r["output"] for r in rows[i : i + 80]],
+            labels[i : i + 80],
+        )
+        for i in (0, 80)
+    ]
+    settings = FinetuneSettings(
+        epochs=1, learning_rate=1e-3, batch_size=32, max_length=96, device="cpu", seed=3
+    )
+    out = tmp_path / "model"
+    report = finetune_from_batches(
+        batches, positive="good", base=str(models["backbone"]), out_dir=out, holdout=0.25, settings=settings
+    )
+    held = holdout_mask([r["id"] for r in rows[1:]], 0.25, 3)
+    assert report["rows_without_label_or_text"] == 1
+    assert report["heldout_rows"] == held.sum() and report["train_rows"] == (~held).sum()
+    assert report["heldout"]["heldout_rows"] == held.sum()
+    assert (out / TRAINING_FILE).is_file() and (out / "model.safetensors").is_file()
+    assert np.isfinite(RewardScorer(str(out), device="cpu").score(["What is 2 + 2?"], ["4"]).scores).all()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
+    table = generate_instructions(240, seed=23)
+    folder = tmp_path_factory.mktemp("pool") / "pool"
+    write_shards(table, folder, rows_per_shard=100)
+    return folder, table
+
+
+def test_quality_step_removes_most_wrong_answers(
+    models: dict[str, Any], pool: tuple[Path, pa.Table], tmp_path: Path, cli
+) -> None:
+    folder, table = pool
+    out = tmp_path / "quality"
+    result = cli(
+        "select", "reward", folder, out, "--reward-model", models["reward"], "--threshold", "0", *CPU
+    )
+    assert result.exit_code == 0, result.output
+    kept = read_rows(out)
+    dropped = pq.read_table(out / "_dropped").to_pylist()
+    correct = dict(zip(table["id"].to_pylist(), table["is_correct"].to_pylist(), strict=True))
+    wrong_total = sum(not ok for ok in correct.values())
+    wrong_removed = sum(not correct[d["id"]] for d in dropped)
+    print(f"removed {wrong_removed}/{wrong_total} wrong answers; kept {len(kept)}/{len(correct)} rows")
+    assert wrong_removed / wrong_total > 0.6
+    assert all(r["reward_score"] > 0 for r in kept)
+    assert {d["reason"] for d in dropped} == {"low_reward"}
+    assert all(float(d["detail"]) <= 0 for d in dropped)
+    # The kept set is cleaner than the input.
+    assert sum(not r["is_correct"] for r in kept) / len(kept) < 0.5 * wrong_total / len(correct)
+    manifest = read_manifest(out)
+    assert manifest["totals"]["rows_in"] == len(correct)
+    assert manifest["summary"]["unscorable"] == 0
+
+
+def test_unscorable_rows_are_counted_not_passed_over(models: dict[str, Any], tmp_path: Path, cli) -> None:
+    table = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "instruction": ["What is 2 + 2?", None, "List two fruits."],
+            "output": ["4", "x", None],
+        }
+    )
+    write_shards(table, tmp_path / "in", rows_per_shard=3)
+    out = tmp_path / "out"
+    result = cli(
+        "select", "reward", tmp_path / "in", out, "--reward-model", models["reward"], "--keep-all", *CPU
+    )
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    assert [r["reward_score"] is None for r in rows] == [False, True, True]
+    assert read_manifest(out)["summary"]["unscorable"] == 2
+    out2 = tmp_path / "out2"
+    result = cli("select", "reward", tmp_path / "in", out2, "--reward-model", models["reward"], *CPU)
+    reasons = {d["id"]: d["reason"] for d in pq.read_table(out2 / "_dropped").to_pylist()}
+    assert reasons["b"] == reasons["c"] == "unscorable"
+
+
+def test_kcenter_keeps_k_diverse_seeds(
+    models: dict[str, Any], pool: tuple[Path, pa.Table], tmp_path: Path, cli
+) -> None:
+    folder, table = pool
+    out = tmp_path / "seed"
+    result = cli("select", "kcenter", folder, out, "--encoder", models["encoder"], "--k", "12", *CPU)
+    assert result.exit_code == 0, result.output
+    seeds = read_rows(out)
+    assert len(seeds) == 12
+    assert {r["mods_stage"] for r in seeds} == {"seed"}
+    assert sorted(r["kcenter_order"] for r in seeds) == list(range(12))
+    assert len({r["task"] for r in seeds}) >= 4  # a covering set spans the task types
+    manifest = read_manifest(out)
+    assert manifest["totals"]["dropped"] == {"not_selected": table.num_rows - 12}
+    assert manifest["summary"]["radius_final"] < manifest["summary"]["radius_after_first"]
+    # Same seed, same bytes with two workers; another seed starts from another centre.
+    cli(
+        "select",
+        "kcenter",
+        folder,
+        tmp_path / "two",
+        "--encoder",
+        models["encoder"],
+        "--k",
+        "12",
+        *CPU[:2],
+        "-w",
+        "2",
+        "-q",
+    )
+    assert parquet_bytes(tmp_path / "two") == parquet_bytes(out)
+    cli(
+        "select",
+        "kcenter",
+        folder,
+        tmp_path / "seed1",
+        "--encoder",
+        models["encoder"],
+        "--k",
+        "12",
+        "--seed",
+        "1",
+        *CPU,
+    )
+    assert parquet_bytes(tmp_path / "seed1") != parquet_bytes(out)
+
+
+def test_mods_end_to_end(models: dict[str, Any], pool: tuple[Path, pa.Table], tmp_path: Path, cli) -> None:
+    folder, table = pool
+    out = tmp_path / "mods"
+    result = cli(
+        "select", "mods", folder, out, "--reward-model", models["reward"], "--encoder", models["encoder"],
+        "--model", models["lm"], "--k", "10", "--threshold", "0", "--necessity-threshold", "0",
+        "--finetune-epochs", "1", "--finetune-lr", "1e-3", "--max-new-tokens", "8", "--max-length", "256",
+        *CPU,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    kept = read_rows(out)
+    stages = [r["mods_stage"] for r in kept]
+    assert stages.count("seed") == 10
+    assert all(r["reward_score"] > 0 for r in kept)
+    assert all(r["necessity_score"] < 0 for r in kept if r["mods_stage"] == "necessity")
+    assert all(
+        r["necessity_score"] is None and r["kcenter_order"] is not None
+        for r in kept
+        if r["mods_stage"] == "seed"
+    )
+    manifest = read_manifest(out)
+    totals = manifest["totals"]
+    assert totals["rows_in"] == table.num_rows == totals["rows_out"] + sum(totals["dropped"].values())
+    assert set(totals["dropped"]) <= {"low_reward", "unscorable", "not_necessary", "generation_unscorable"}
+    summary = manifest["summary"]
+    quality = summary["quality"]
+    assert quality["passed"] + quality.get("low_reward", 0) + quality.get("unscorable", 0) == table.num_rows
+    assert summary["coverage"]["seeds"] == 10
+    necessity = summary["necessity"]
+    assert necessity["generated"] == quality["passed"] - 10
+    assert necessity.get("necessary", 0) == stages.count("necessity")
+    assert summary["failures"] == quality.get("unscorable", 0) + necessity.get("generation_unscorable", 0)
+    # The seed-tuned model is kept, loadable, and usable as --finetuned-model for the necessity step alone.
+    tuned = out / "necessity-model"
+    assert (tuned / "model.safetensors").is_file()
+    seeds = tmp_path / "seeds"
+    write_shards(
+        pa.Table.from_pylist([r for r in kept if r["mods_stage"] == "seed"]).select(table.column_names),
+        seeds,
+        100,
+    )
+    alone = tmp_path / "alone"
+    result = cli(
+        "select", "necessity", folder, alone, "--seed-set", seeds, "--reward-model", models["reward"],
+        "--finetuned-model", tuned, "--max-new-tokens", "8", "--max-length", "256", *CPU,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    again = read_rows(alone)
+    assert sorted(r["id"] for r in again if r["mods_stage"] == "seed") == sorted(
+        r["id"] for r in kept if r["mods_stage"] == "seed"
+    )
+    assert all(r["necessity_score"] < 0 for r in again if r["mods_stage"] == "necessity")
+    # Or fine-tuned here, from the base LM, on the seed set; seed rows left out of the output.
+    tuned_here = tmp_path / "tuned-here"
+    result = cli(
+        "select", "necessity", folder, tuned_here, "--seed-set", seeds, "--reward-model", models["reward"],
+        "--model", models["lm"], "--finetune-epochs", "1", "--finetune-lr", "1e-3", "--no-include-seed",
+        "--max-new-tokens", "8", "--max-length", "256", *CPU,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {r["mods_stage"] for r in read_rows(tuned_here)} <= {"necessity"}
+    manifest = read_manifest(tuned_here)
+    assert manifest["totals"]["dropped"]["in_seed_set"] == 10
+    assert manifest["summary"]["finetune_examples"] == 10
+    assert (tuned_here / "necessity-model" / "model.safetensors").is_file()
+
+
+def test_usage_errors_are_one_line(
+    models: dict[str, Any], pool: tuple[Path, pa.Table], tmp_path: Path, cli
+) -> None:
+    folder, _ = pool
+    result = cli(
+        "select", "mods", folder, tmp_path / "a", "--reward-model", models["reward"],
+        "--encoder", models["encoder"], "--model", models["lm"], "--finetuned-model", models["lm"], *CPU,
+    )  # fmt: skip
+    assert result.exit_code == 2 and "exactly one of --model" in result.output
+    result = cli("select", "reward", folder, tmp_path / "b", "--reward-model", tmp_path / "missing", *CPU)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "missing" in lines[0]
+    # A backbone without a trained head would score with random weights: refused.
+    result = cli("select", "reward", folder, tmp_path / "d", "--reward-model", models["backbone"], *CPU)
+    assert result.exit_code == 1 and "would be random" in result.output
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    result = cli("select", "reward", folder, tmp_path / "c", "--reward-model", pickled, *CPU)
+    assert result.exit_code == 1 and "safetensors" in result.output
+
+
+def test_quality_train_cli_fine_tunes_a_deberta_backbone(models: dict[str, Any], tmp_path: Path) -> None:
+    table = generate_instructions(160, seed=31)
+    folder = tmp_path / "pairs"
+    write_shards(table, folder, rows_per_shard=80)
+    out = tmp_path / "reward"
+    run_cli(
+        "quality",
+        "train",
+        str(folder),
+        str(out),
+        "--backbone",
+        "deberta-v3",
+        "--base",
+        str(models["backbone"]),
+        "--text-column",
+        "instruction",
+        "--pair-column",
+        "output",
+        "--label-column",
+        "is_correct",
+        "--positive-values",
+        "True",
+        "--negative-values",
+        "False",
+        "--finetune-epochs",
+        "1",
+        "--finetune-lr",
+        "1e-3",
+        "--batch-size",
+        "32",
+        "--max-length",
+        "96",
+        "--device",
+        "cpu",
+        "-q",
+        "-w",
+        "1",
+    )
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["summary"]["model"] == "model" and "heldout" in manifest["summary"]
+    assert (out / "model" / "model.safetensors").is_file()
+    assert any(a["path"] == "model/model.safetensors" for a in manifest["artifacts"])
+    scores = RewardScorer(str(out / "model"), device="cpu").score(["What is 2 + 2?"], ["4"]).scores
+    assert np.isfinite(scores).all()
+    missing = run_cli(
+        "quality",
+        "train",
+        str(folder),
+        str(tmp_path / "x"),
+        "--backbone",
+        "deberta-v3",
+        "--label-column",
+        "is_correct",
+        check=False,
+    )
+    assert missing.returncode == 2 and "needs --base" in missing.stderr
