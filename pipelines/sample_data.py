@@ -18,6 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.pipelines.pii_patterns import luhn_valid
+
 __all__ = [
     "INSTRUCTION_SCHEMA",
     "TRUTH_SCHEMA",
@@ -100,21 +102,6 @@ def jaccard_5gram(a: str, b: str) -> float:
     if not sa and not sb:
         return 1.0
     return len(sa & sb) / len(sa | sb)
-
-
-def luhn_valid(number: str) -> bool:
-    """Luhn checksum over the digits of `number` (separators ignored)."""
-    digits = [int(c) for c in number if c.isdigit()]
-    if not digits:
-        return False
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
 
 
 def _luhn_check_digit(payload: str) -> int:
