@@ -36,6 +36,7 @@ from thresher.pipelines.atomic import atomic_open
 from thresher.pipelines.digest import file_digest
 from thresher.pipelines.errors import ThresherError
 from thresher.pipelines.manifest import FileRecord, TaskRecord
+from thresher.pipelines.proxy_tokenizer import tokenizer_phase, train_tokenizer_task
 from thresher.pipelines.shards import iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 
@@ -130,23 +131,12 @@ class DoReMi(Stage):
         config = self.params.config()  # bad sizes fail before any work
         shards = self.ctx.input.shards
         tokenizer = str(self.ctx.output / TOKENIZER_FILE)
-        every = max(1, -(-self.ctx.input.num_rows // self.params.tokenizer_docs))
         token_files = tuple(str(p) for s in shards for p in self._token_files(s.name))
         reference = tuple(
             str(self.ctx.output / REFERENCE_DIR / f) for f in ("config.json", "model.safetensors")
         )
         return [
-            PhaseSpec(
-                "tokenizer",
-                [
-                    TaskSpec(
-                        "tokenizer",
-                        tuple(str(s.path) for s in shards),
-                        {"every": every},
-                        self.ctx.input.num_rows,
-                    )
-                ],
-            ),
+            tokenizer_phase(self.ctx.input, self.params.tokenizer_docs),
             PhaseSpec(
                 "tokenize", [TaskSpec(s.name, (str(s.path), tokenizer), {}, s.num_rows) for s in shards]
             ),
@@ -178,29 +168,13 @@ class DoReMi(Stage):
     # -- tokenizer and token streams ---------------------------------------------------------------------
 
     def _train_tokenizer(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        from thresher.scorers.proxy_lm import train_tokenizer
-
-        every = task.args["every"]
-        used = 0
-
-        def texts() -> Any:
-            nonlocal used
-            row = 0
-            for path in task.inputs:
-                for batch in iter_batches(Path(path), [self.params.text_column]):
-                    for text in batch.column(0).to_pylist():
-                        if row % every == 0 and text:
-                            used += 1
-                            yield text
-                        row += 1
-                    tc.progress(batch.num_rows)
-
-        tokenizer = train_tokenizer(texts(), self.params.config().vocab_size)
-        if used == 0:
-            raise ThresherError(f"{self.ctx.input_path}: no text to train on (every document is empty)")
-        with tc.artifact(TOKENIZER_FILE) as tmp:
-            tokenizer.save(str(tmp))
-        return TaskResult(extra={"docs": used, "vocab_size": tokenizer.get_vocab_size()})
+        return train_tokenizer_task(
+            task,
+            tc,
+            self.params.text_column,
+            self.params.config().vocab_size,
+            self.ctx.output / TOKENIZER_FILE,
+        )
 
     def _tokenize(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.proxy_lm import encode_documents, load_tokenizer, token_dtype

@@ -27,10 +27,11 @@ import numpy as np
 import xxhash
 from pydantic import Field, model_validator
 
-from thresher.pipelines.atomic import atomic_open, atomic_path
+from thresher.pipelines.atomic import atomic_open
 from thresher.pipelines.digest import file_digest, value_digest
 from thresher.pipelines.errors import ThresherError
 from thresher.pipelines.manifest import FileRecord, TaskRecord
+from thresher.pipelines.proxy_tokenizer import tokenizer_phase, train_tokenizer_task
 from thresher.pipelines.shards import ID_COLUMN, iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 from thresher.scorers.kenlm_text import document_lines
@@ -307,20 +308,9 @@ class ProxyTrain(Stage):
         assert self.ctx.input is not None
         shards = self.ctx.input.shards
         tokenizer = str(self._tokenizer_file())
-        every = max(1, -(-self.ctx.input.num_rows // self.params.tokenizer_docs))
         token_files = tuple(str(p) for s in shards for p in self._token_files(s.name))
         return [
-            PhaseSpec(
-                "tokenizer",
-                [
-                    TaskSpec(
-                        "tokenizer",
-                        tuple(str(s.path) for s in shards),
-                        {"every": every},
-                        self.ctx.input.num_rows,
-                    )
-                ],
-            ),
+            tokenizer_phase(self.ctx.input, self.params.tokenizer_docs),
             PhaseSpec(
                 "tokenize", [TaskSpec(s.name, (str(s.path), tokenizer), {}, s.num_rows) for s in shards]
             ),
@@ -335,30 +325,9 @@ class ProxyTrain(Stage):
         return self._train(task, tc)
 
     def _train_tokenizer(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        from thresher.scorers.proxy_lm import train_tokenizer
-
-        every = task.args["every"]
-        used = 0
-
-        def texts() -> Iterator[str]:
-            nonlocal used
-            row = 0
-            for path in task.inputs:
-                for batch in _text_batches(Path(path), self.params.text_column, tc):
-                    for text in batch.column(0).to_pylist():
-                        if row % every == 0 and text and text.strip():
-                            used += 1
-                            yield text
-                        row += 1
-
-        tokenizer = train_tokenizer(texts(), self.params.config().vocab_size)
-        if used == 0:
-            raise ThresherError(f"{self.ctx.input_path}: no text to train on (every document is empty)")
-        out = self._tokenizer_file()
-        with atomic_path(out) as tmp:
-            tokenizer.save(str(tmp))
-        _record_file(tc, out)
-        return TaskResult(extra={"docs": used, "vocab_size": tokenizer.get_vocab_size()})
+        return train_tokenizer_task(
+            task, tc, self.params.text_column, self.params.config().vocab_size, self._tokenizer_file()
+        )
 
     def _tokenize(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.proxy_lm import encode_documents, load_tokenizer, token_dtype
