@@ -28,19 +28,30 @@ class KCenterResult:
 
 
 def kcenter_greedy(
-    blocks: Sequence[np.ndarray], k: int, *, seed: int = 0, first: int | None = None
+    blocks: Sequence[np.ndarray],
+    k: int,
+    *,
+    seed: int = 0,
+    first: int | None = None,
+    chosen: Sequence[int] = (),
 ) -> KCenterResult:
     """Indices of k centres among the rows of `blocks` (each (n_i, d), same d), by farthest-point
-    traversal from `first` (default: a row drawn with `seed`)."""
+    traversal from `first` (default: a row drawn with `seed`).
+
+    `chosen` rows are centres already: the k new ones are the rows farthest from them (no random first
+    centre then). MoDS's second pass uses this to cover what its seed set does not."""
     sizes = np.array([len(b) for b in blocks], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     n = int(offsets[-1])
-    if k < 1 or n == 0:
+    chosen = [int(c) for c in chosen]
+    if any(not 0 <= c < n for c in chosen):
+        raise ValueError(f"a chosen centre lies outside 0..{n - 1}")
+    k = min(k, n - len(set(chosen)))
+    if k < 1:
         return KCenterResult(np.zeros(0, np.int64), np.zeros(0, np.float64))
-    k = min(k, n)
-    if first is None:
+    if first is None and not chosen:
         first = int(np.random.default_rng(seed).integers(n))
-    if not 0 <= first < n:
+    if first is not None and not 0 <= first < n:
         raise ValueError(f"first centre {first} outside 0..{n - 1}")
     sq_norms = np.empty(n, np.float32)
     for b, block in enumerate(blocks):
@@ -50,11 +61,8 @@ def kcenter_greedy(
     # Squared distance to the nearest centre; -1 marks the centres themselves, which np.minimum keeps
     # (so they are never picked again) and which never counts towards the radius.
     nearest = np.full(n, np.inf, dtype=np.float32)
-    centers = np.empty(k, np.int64)
-    radii = np.empty(k, np.float64)
-    center = first
-    for j in range(k):
-        centers[j] = center
+
+    def add(center: int) -> None:
         nearest[center] = -1.0
         b = int(np.searchsorted(offsets, center, side="right") - 1)
         c = np.asarray(blocks[b][center - offsets[b]], dtype=np.float32)
@@ -65,6 +73,15 @@ def kcenter_greedy(
                 at = slice(offsets[b] + lo, offsets[b] + lo + len(chunk))
                 d2 = np.maximum(sq_norms[at] + c_norm - 2.0 * (chunk @ c), 0.0)
                 np.minimum(nearest[at], d2, out=nearest[at])
+
+    for c in chosen:
+        add(c)
+    centers = np.empty(k, np.int64)
+    radii = np.empty(k, np.float64)
+    center = int(np.argmax(nearest)) if first is None else first
+    for j in range(k):
+        centers[j] = center
+        add(center)
         farthest = int(np.argmax(nearest))
         radii[j] = float(np.sqrt(max(float(nearest[farthest]), 0.0)))
         center = farthest

@@ -61,3 +61,18 @@ def test_more_centres_than_points_and_duplicates() -> None:
     # The exact duplicate of the first centre is picked last: it adds no coverage.
     assert result.centers[-1] == 1
     assert kcenter_greedy([], 3).centers.tolist() == []
+
+
+def test_chosen_centres_continue_the_traversal() -> None:
+    """MoDS's second pass: with the seed set's centres given, the new centres are the ones the traversal
+    would have picked next, and they land in the clusters the given centres left uncovered."""
+    points, labels = clusters(k=6, per=30, dim=8, seed=4)
+    whole = kcenter_greedy([points], 9, seed=2)
+    rest = kcenter_greedy([points[:70], points[70:]], 6, chosen=whole.centers[:3].tolist())
+    assert rest.centers.tolist() == whole.centers[3:].tolist()
+    assert rest.radii.tolist() == pytest.approx(whole.radii[3:].tolist())
+    covered = set(labels[whole.centers[:3]].tolist())
+    assert set(labels[rest.centers[:3]].tolist()) == set(range(6)) - covered
+    assert sorted(kcenter_greedy([points], 10, chosen=range(len(points) - 2)).centers) == [178, 179]
+    with pytest.raises(ValueError, match="outside"):
+        kcenter_greedy([points], 1, chosen=[len(points)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,48 @@ def test_mods_end_to_end(models: dict[str, Any], pool: tuple[Path, pa.Table], tm
     assert manifest["totals"]["dropped"]["in_seed_set"] == 10
     assert manifest["summary"]["finetune_examples"] == 10
     assert (tuned_here / "necessity-model" / "model.safetensors").is_file()
+
+
+def test_mods_second_kcenter_pass_keeps_diverse_necessary_rows(
+    models: dict[str, Any], pool: tuple[Path, pa.Table], tmp_path: Path, cli
+) -> None:
+    """--augment-k: of the necessary rows, keep the ones k-center greedy picks after the seed centres."""
+    folder, _ = pool
+    common = (
+        "--reward-model", models["reward"], "--encoder", models["encoder"], "--k", "10",
+        "--threshold", "0", "--necessity-threshold", "1000", "--finetuned-model", models["lm"],
+        "--max-new-tokens", "4", "--max-length", "256", *CPU,
+    )  # fmt: skip
+    every = tmp_path / "every"
+    assert cli("select", "mods", folder, every, *common).exit_code == 0
+    necessary = [r for r in read_rows(every) if r["mods_stage"] == "necessity"]
+    assert len(necessary) > 20  # a threshold this high makes every generated answer "necessary"
+    out = tmp_path / "augmented"
+    result = cli("select", "mods", folder, out, *common, "--augment-k", "7")
+    assert result.exit_code == 0, result.output
+    kept = read_rows(out)
+    seeds = [r for r in kept if r["mods_stage"] == "seed"]
+    extra = [r for r in kept if r["mods_stage"] == "necessity"]
+    assert len(seeds) == 10 and len(extra) == 7
+    assert {r["id"] for r in extra} < {r["id"] for r in necessary}
+    assert sorted(r["kcenter_order"] for r in kept) == list(range(17))
+    dropped = Counter(d["reason"] for d in pq.read_table(out / "_dropped").to_pylist())
+    assert dropped["not_in_augment_set"] == len(necessary) - 7
+    summary = read_manifest(out)["summary"]
+    assert summary["augment"]["k"] == 7 and summary["augment"]["necessary"] == len(necessary)
+    assert summary["augment"]["augmented"] == 7
+    # The same picks as k-center greedy run on the embeddings, continuing from the seed centres.
+    from thresher.pipelines.kcenter import kcenter_greedy
+    from thresher.scorers.encoder import TextEncoder
+
+    def vectors(rows: list[dict[str, Any]]) -> np.ndarray:
+        texts = [question_text(r["instruction"], r["input"]) for r in rows]
+        return TextEncoder(str(models["encoder"]), device="cpu").encode(texts)
+
+    by_order = sorted(seeds, key=lambda r: r["kcenter_order"])
+    expected = kcenter_greedy([vectors(by_order), vectors(necessary)], 7, chosen=range(10))
+    assert {necessary[c - 10]["id"] for c in expected.centers} == {r["id"] for r in extra}
+    assert read_manifest(every)["summary"]["augment"] is None
 
 
 def test_usage_errors_are_one_line(

@@ -13,11 +13,12 @@ Three criteria, each usable alone, and `select mods` chaining them:
 
 `select mods` phases: `score` (per shard: reward scores, and embeddings of the rows that pass) -> `seed`
 (one task: k-center over the embedding files) -> `finetune` (one task; skipped with --finetuned-model)
--> `necessity` (per shard: generate and score) -> `select` (per shard). The output holds the seed and
-the necessary rows, with `mods_stage` (seed / necessity), `reward_score`, `necessity_score` and
-`kcenter_order`; every other row is in `_dropped/` with its reason. A row that cannot be scored (no
-instruction or output, or a non-finite score) is dropped as `unscorable`, counted in the manifest, never
-passed over in silence.
+-> `necessity` (per shard: generate and score) -> `augment` (one task, only with --augment-k: MoDS's
+second k-center pass over the necessary rows, with the seed set's centres counted as chosen) -> `select`
+(per shard). The output holds the seed and the necessary rows, with `mods_stage` (seed / necessity),
+`reward_score`, `necessity_score` and `kcenter_order` (the order either k-center pass picked the row in);
+every other row is in `_dropped/` with its reason. A row that cannot be scored (no instruction or output,
+or a non-finite score) is dropped as `unscorable`, counted in the manifest, never passed over in silence.
 
 Embeddings and scores go to per-shard work files; the one task that sees the whole set (k-center) reads
 the embeddings memory-mapped. Models are read from local folders only (see scorers/torch_runtime.py).
@@ -56,6 +57,7 @@ LOW_REWARD = "low_reward"
 UNSCORABLE = "unscorable"
 NOT_SELECTED = "not_selected"
 NOT_NECESSARY = "not_necessary"
+NOT_IN_AUGMENT_SET = "not_in_augment_set"
 GENERATION_UNSCORABLE = "generation_unscorable"
 IN_SEED_SET = "in_seed_set"
 
@@ -782,6 +784,13 @@ class Necessity(_InstructionStage):
 
 class MoDSParams(InstructionParams, RewardParams, EncoderParams, NecessityModelParams):
     threshold: float = Field(0.0, description="Quality: a row passes when its reward score is > this.")
+    augment_k: int | None = Field(
+        None,
+        ge=1,
+        description="MoDS's second k-center pass: keep at most this many of the necessary rows, the ones "
+        "farthest (in instruction embeddings) from the seed set and from each other. Default: keep every "
+        "necessary row.",
+    )
 
 
 class MoDSSelect(_InstructionStage):
@@ -848,6 +857,7 @@ class MoDSSelect(_InstructionStage):
                     ],
                 )
             )
+        augment_file = str(self.ctx.work / "augment.parquet")
         phases += [
             PhaseSpec(
                 "necessity",
@@ -867,19 +877,44 @@ class MoDSSelect(_InstructionStage):
                     for i, s in enumerate(shards)
                 ],
             ),
+        ]
+        if p.augment_k is not None:
+            phases.append(
+                PhaseSpec(
+                    "augment",
+                    [
+                        TaskSpec(
+                            "augment",
+                            (
+                                seed_file,
+                                *(str(f[k]) for f in files for k in ("vectors", "rows", "necessity")),
+                            ),
+                            {},
+                        )
+                    ],
+                )
+            )
+        augment = (augment_file,) if p.augment_k is not None else ()
+        phases.append(
             PhaseSpec(
                 "select",
                 [
                     TaskSpec(
                         s.name,
-                        (str(s.path), str(files[i]["quality"]), seed_file, str(files[i]["necessity"])),
+                        (
+                            str(s.path),
+                            str(files[i]["quality"]),
+                            seed_file,
+                            str(files[i]["necessity"]),
+                            *augment,
+                        ),
                         {"shard": i},
                         s.num_rows,
                     )
                     for i, s in enumerate(shards)
                 ],
-            ),
-        ]
+            )
+        )
         return phases
 
     def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
@@ -899,7 +934,61 @@ class MoDSSelect(_InstructionStage):
             return TaskResult(extra=_finetune_on_rows(self, self._seed_batches(), tc))
         if phase == "necessity":
             return self._necessity(task, tc)
+        if phase == "augment":
+            return TaskResult(extra=self._augment(tc))
         return self._select(task, tc)
+
+    def _augment(self, tc: TaskContext) -> dict[str, Any]:
+        """The second k-center pass: among the necessary rows, the --augment-k farthest from the seed set
+        (its centres count as chosen) and from each other."""
+        from thresher.pipelines.kcenter import kcenter_greedy
+        from thresher.scorers.encoder import TextEncoder
+
+        assert self.ctx.input is not None
+        assert self.params.augment_k is not None
+        _threads(_all_cores())
+        dim = TextEncoder.dimension(self.params.encoder)
+        seed_file = self.ctx.work / "seed.parquet"
+        seeds: list[np.ndarray] = []
+        blocks: list[np.ndarray] = []
+        where: list[tuple[int, np.ndarray]] = []
+        for i, shard in enumerate(self.ctx.input.shards):
+            files = self._files(shard.name)
+            vectors = _EmbeddingFiles.open(files["vectors"], dim)
+            rows = pq.read_table(files["rows"])["row"].to_numpy()
+            seed_rows, _ = _seed_rows(seed_file, i)
+            necessity = _necessity_table(files["necessity"])
+            status = np.asarray(necessity["status"].to_pylist(), dtype=object)
+            necessary = necessity["row"].to_numpy()[status == "necessary"]
+            # Embedding files list rows in order, so both lookups are binary searches.
+            seeds.append(np.asarray(vectors[np.searchsorted(rows, seed_rows)], np.float32))
+            blocks.append(np.asarray(vectors[np.searchsorted(rows, necessary)], np.float32))
+            where.append((i, necessary))
+        seed_block = np.concatenate(seeds) if seeds else np.zeros((0, dim), np.float32)
+        result = kcenter_greedy([seed_block, *blocks], self.params.augment_k, chosen=range(len(seed_block)))
+        sizes = np.array([len(seed_block), *(len(b) for b in blocks)], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        block_of = np.searchsorted(offsets, result.centers, side="right") - 1
+        shard_of = np.array([where[b - 1][0] for b in block_of], np.int32)
+        row_of = np.array(
+            [where[b - 1][1][c - offsets[b]] for b, c in zip(block_of, result.centers, strict=True)], np.int64
+        )
+        table = pa.table(
+            {
+                "shard": pa.array(shard_of),
+                "row": pa.array(row_of),
+                "order": pa.array(np.arange(len(row_of), dtype=np.int32) + len(seed_block)),
+            },
+            schema=SEED_SCHEMA,
+        ).sort_by([("shard", "ascending"), ("row", "ascending")])
+        with ShardWriter(self.ctx.work / "augment.parquet", SEED_SCHEMA) as writer:
+            writer.write(table)
+            tc.record(writer.close())
+        return {
+            "necessary": int(sizes[1:].sum()),
+            "augmented": len(row_of),
+            "radius_final": round(float(result.radii[-1]), 6) if len(result.radii) else None,
+        }
 
     def _score(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.deberta import RewardScorer, question_text
@@ -992,6 +1081,9 @@ class MoDSSelect(_InstructionStage):
         n_rows = necessity["row"].to_numpy()
         n_scores = necessity[NECESSITY_COLUMN].to_numpy(zero_copy_only=False)
         n_status = np.asarray(necessity["status"].to_pylist(), dtype=object)
+        augmented = len(task.inputs) > 4
+        if augmented:
+            aug_rows, aug_order = _seed_rows(Path(task.inputs[4]), task.args["shard"])
         offset = 0
 
         def pick(batch: pa.RecordBatch) -> BatchOutcome:
@@ -1003,6 +1095,12 @@ class MoDSSelect(_InstructionStage):
             judged, n_at = _lookup(rows, n_rows)
             n_state = np.where(judged, n_status[n_at] if len(n_rows) else None, None)
             necessary = judged & (n_state == "necessary")
+            picked_order = np.where(is_seed, order[seed_at] if len(order) else 0, -1)
+            if augmented:
+                in_augment, aug_at = _lookup(rows, aug_rows)
+                n_state = np.where(necessary & ~in_augment, NOT_IN_AUGMENT_SET, n_state)
+                necessary &= in_augment
+                picked_order = np.where(necessary, aug_order[aug_at] if len(aug_order) else 0, picked_order)
             keep = is_seed | necessary
             reason = np.where(q_status[rows] != PASSED, q_status[rows], n_state)
             stage = np.where(is_seed, "seed", np.where(necessary, "necessity", None))
@@ -1012,14 +1110,7 @@ class MoDSSelect(_InstructionStage):
                 (REWARD_COLUMN, pa.array(reward, pa.float64(), mask=np.isnan(reward))),
                 (STAGE_COLUMN, pa.array(stage, pa.string())),
                 (NECESSITY_COLUMN, pa.array(n_score, pa.float64(), mask=np.isnan(n_score))),
-                (
-                    ORDER_COLUMN,
-                    pa.array(
-                        order[seed_at].astype(np.int32) if len(order) else np.zeros(len(rows), np.int32),
-                        pa.int32(),
-                        mask=~is_seed,
-                    ),
-                ),
+                (ORDER_COLUMN, pa.array(picked_order.astype(np.int32), pa.int32(), mask=picked_order < 0)),
             ):
                 table = table.append_column(name, values)
             drop = ~keep
@@ -1041,6 +1132,7 @@ class MoDSSelect(_InstructionStage):
                 target.update({k: v for k, v in r.extra.items() if isinstance(v, int)})
         seed = next((r.extra for r in records if r.phase == "seed"), {})
         finetune = next((r.extra for r in records if r.phase == "finetune"), {})
+        augment = next((r.extra for r in records if r.phase == "augment"), None)
         p = self.params
         return {
             "threshold": p.threshold,
@@ -1052,5 +1144,6 @@ class MoDSSelect(_InstructionStage):
                 **finetune,
                 **dict(sorted(necessity.items())),
             },
+            "augment": None if augment is None else {"k": p.augment_k, **augment},
             "failures": quality[UNSCORABLE] + necessity[GENERATION_UNSCORABLE],
         }
