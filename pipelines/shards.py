@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +54,11 @@ class ShardSet:
 
     @classmethod
     def open(
-        cls, root: Path, required_columns: Sequence[str] = (ID_COLUMN,), string_columns: Sequence[str] = ()
+        cls,
+        root: Path,
+        required_columns: Sequence[str] = (ID_COLUMN,),
+        string_columns: Sequence[str] = (),
+        column_flags: Mapping[str, str] | None = None,
     ) -> ShardSet:
         """Open and check every shard's footer and schema up front, so bad input fails before any work."""
         root = Path(root)
@@ -77,7 +81,8 @@ class ShardSet:
             schema = pf.schema_arrow
             for column in required_columns:
                 if column not in schema.names:
-                    hint = " (pass --text-column)" if column in string_columns else ""
+                    flag = (column_flags or {}).get(column)
+                    hint = f" (pass {flag})" if flag else ""
                     raise ThresherError(
                         f"{path}: no column '{column}'{hint}; columns are: {', '.join(schema.names)}"
                     )

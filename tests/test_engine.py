@@ -211,6 +211,46 @@ def test_exact_dedup_drops_exactly_the_later_repeats_across_shards(tmp_path: Pat
     check_accounting(corpus, out)
 
 
+def test_exact_dedup_on_several_columns_needs_all_of_them_to_repeat(tmp_path: Path) -> None:
+    """Instruction data: the same instruction with another input is not a duplicate; a missing input
+    counts as empty; rows with every column empty are never duplicates."""
+    import pyarrow as pa
+
+    table = pa.table(
+        {
+            "id": list("abcdefgh"),
+            "instruction": [
+                "Sort these.",
+                "Sort these.",
+                "sort  THESE.",
+                "Sort these.",
+                "List two.",
+                "List two.",
+                "",
+                "",
+            ],
+            "input": ["b, a", "c, d", "B, A", None, "", None, None, ""],
+        }
+    )
+    write_shards(table, tmp_path / "in", rows_per_shard=3)
+    out = tmp_path / "out"
+    run_cli(
+        "dedup", "exact", str(tmp_path / "in"), str(out), "--text-column", "instruction",
+        "--also-columns", "input", "-q",
+    )  # fmt: skip
+    dropped = {d["id"]: d["detail"] for d in pq.read_table(out / "_dropped").to_pylist()}
+    assert dropped == {"c": "a", "f": "e"}
+    # One column alone would have merged every "Sort these." row.
+    alone = tmp_path / "alone"
+    run_cli("dedup", "exact", str(tmp_path / "in"), str(alone), "--text-column", "instruction", "-q")
+    assert {d["id"] for d in pq.read_table(alone / "_dropped").to_pylist()} == {"b", "c", "d", "f"}
+    missing = run_cli(
+        "dedup", "exact", str(tmp_path / "in"), str(tmp_path / "x"), "--text-column", "instruction",
+        "--also-columns", "inputs", "-q", check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "inputs" in missing.stderr and not (tmp_path / "x").exists()
+
+
 def test_failed_rerun_keeps_the_folder_but_marks_it_unfinished(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_text('{"id": "a", "text": "one"}\n')

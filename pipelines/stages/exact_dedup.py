@@ -3,7 +3,8 @@
 Three phases: `hash` (per shard) writes text hashes split into buckets; `decide` (per bucket) marks every
 repeat of an earlier (shard, row); `filter` (per shard) drops the marked rows, naming the id they repeat.
 "Earlier" is shard order by file name, then row order, so the kept row does not depend on scheduling.
-Empty texts are never treated as duplicates of each other.
+Empty texts are never treated as duplicates of each other. `--also-columns` compares several columns as one
+key (instruction + input for instruction data): rows repeat only when every column does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ REASON = "exact_duplicate"
 
 class ExactDedupParams(StageParams):
     text_column: str = Field("text", description="Column holding the text to compare.")
+    also_columns: list[str] = Field(
+        [],
+        description="More text columns compared together with --text-column, e.g. `input` with "
+        "--text-column instruction: a row repeats another only when all of them do (a missing value "
+        "counts as empty).",
+    )
     lowercase: bool = Field(True, description="Compare case-insensitively (whitespace is always collapsed).")
     buckets: int | None = Field(
         None, ge=1, le=65536, description="Hash buckets for the decide phase; default: one per 2M rows."
@@ -45,6 +52,25 @@ class ExactDedup(Stage):
     example = "thresher dedup exact data/00-ingest data/01-exact --workers 8"
     command = ("dedup", "exact")
     params: ExactDedupParams
+
+    def required_columns(self) -> list[str]:
+        return [ID_COLUMN, *self._key_columns()]
+
+    def string_columns(self) -> list[str]:
+        return self._key_columns()
+
+    def _key_columns(self) -> list[str]:
+        return list(dict.fromkeys([self.params.text_column, *self.params.also_columns]))
+
+    def _key(self, batch: pa.RecordBatch) -> pa.Array:
+        """The normalised text to compare; several columns are joined with a separator no text holds."""
+        columns = [normalise(batch.column(c), self.params.lowercase) for c in self._key_columns()]
+        if len(columns) == 1:
+            return columns[0]
+        # All columns empty is an empty key (never a duplicate), as for a single column.
+        lengths = [pc.utf8_length(c) for c in columns]
+        empty = pc.equal(pc.max_element_wise(*lengths), 0)
+        return pc.if_else(empty, "", pc.binary_join_element_wise(*columns, "\x1f"))
 
     def _n_buckets(self) -> int:
         assert self.ctx.input is not None
@@ -88,8 +114,8 @@ class ExactDedup(Stage):
         shard = task.args["shard"]
         writer = HashBucketWriter(self._hash_file(task.key), self._n_buckets())
         offset = 0
-        for batch in iter_batches(task.inputs[0], [ID_COLUMN, self.params.text_column]):
-            text = normalise(batch.column(self.params.text_column), self.params.lowercase)
+        for batch in iter_batches(task.inputs[0], self.required_columns()):
+            text = self._key(batch)
             rows = np.nonzero(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))[0]
             taken = pa.array(rows, pa.int64())
             writer.add(hash128(text.take(taken)), shard, rows + offset, batch.column(ID_COLUMN).take(taken))
