@@ -960,7 +960,8 @@ class MoDSSelect(_InstructionStage):
             necessity = _necessity_table(files["necessity"])
             status = np.asarray(necessity["status"].to_pylist(), dtype=object)
             necessary = necessity["row"].to_numpy()[status == "necessary"]
-            # Embedding files list rows in order, so both lookups are binary searches.
+            # Embedding files list rows in order, so both lookups are binary searches. Only the seed and
+            # necessary rows' vectors are gathered into memory (k + necessary rows x dim floats).
             seeds.append(np.asarray(vectors[np.searchsorted(rows, seed_rows)], np.float32))
             blocks.append(np.asarray(vectors[np.searchsorted(rows, necessary)], np.float32))
             where.append((i, necessary))
