@@ -65,7 +65,7 @@ bench: install
 	$(BIN)/python -P bench/quality.py
 	$(BIN)/python -P bench/perplexity.py
 	$(BIN)/python -P bench/doremi.py
-	$(BIN)/python -P bench/select.py
+	$(BIN)/python -P bench/selection.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -1,8 +1,8 @@
 """Instruction selection on the sample data: how well MoDS and LESS choose, and how fast, next to random
 selection of the same size.
 
-    python bench/select.py                     # sample_data/instructions (1000 rows)
-    python bench/select.py --rows 5000         # a generated pool of another size
+    python bench/selection.py                  # sample_data/instructions (1000 rows)
+    python bench/selection.py --rows 5000      # a generated pool of another size
 
 Models are tiny and built here (no downloads; see tests/tiny_models.py): a DeBERTa-v3-style backbone
 fine-tuned into a reward model on generated rows labelled by `is_correct` (another seed than the pool),
@@ -17,20 +17,14 @@ or LM would pick.
 - examples/s: pool rows over the stage's wall time (model loading and warmup included).
 """
 
-# ruff: noqa: E402 - the imports below must come after the sys.path fix
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# This file shares its name with the stdlib module `select`, which subprocess and selectors import:
-# take the script's own folder off the import path first, so `python bench/select.py` works too.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -39,11 +33,11 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tiny_models import build_tiny_deberta, build_tiny_encoder, build_tiny_gpt2
+from tiny_models import build_tiny_deberta, build_tiny_encoder, build_tiny_gpt2  # noqa: E402
 
-from thresher.pipelines.executor import run_stage
-from thresher.pipelines.sample_data import generate_instructions
-from thresher.scorers.deberta import FinetuneSettings, LabelledPairs, finetune_classifier, question_text
+from thresher.pipelines.executor import run_stage  # noqa: E402
+from thresher.pipelines.sample_data import generate_instructions  # noqa: E402
+from thresher.scorers.deberta import FinetuneSettings, LabelledPairs, finetune_classifier, question_text  # noqa: E402
 
 
 def pairs(table: pa.Table) -> LabelledPairs:
