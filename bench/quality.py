@@ -107,6 +107,7 @@ def main() -> None:
             "quality", "score", str(corpus), str(tmp / "scored"), "--model", str(model), "-w", "1", "-q"
         )
         heuristics_s = thresher("heuristics", str(corpus), str(tmp / "heuristics"), "-w", "1", "-q")
+        c4_lines_s = thresher("heuristics", str(corpus), str(tmp / "c4-lines"), "-w", "1", "-q", "--c4-lines")
         pii_s = thresher("pii", str(corpus), str(tmp / "pii"), "-w", "1", "-q")
         docs = args.docs
         print(f"{docs:,} documents, {model.stat().st_size / 1e6:.1f} MB model, one worker")
@@ -115,6 +116,7 @@ def main() -> None:
         print(f"{'thresher quality score':28} {docs / score_s:>10,.0f} {score_s:>8.2f}")
         print(f"{'  thresher / raw (time)':28} {score_s / raw_s:>10.2f}   target <= 1.25")
         print(f"{'thresher heuristics':28} {docs / heuristics_s:>10,.0f} {heuristics_s:>8.2f}")
+        print(f"{'thresher heuristics --c4-lines':28} {docs / c4_lines_s:>10,.0f} {c4_lines_s:>8.2f}")
         print(f"{'thresher pii (redact)':28} {docs / pii_s:>10,.0f} {pii_s:>8.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,8 @@
 Each rule measures one figure per document over a whole batch (vectorised, see `text_views`) and says
 which documents trip it. Thresholds default to the values of the Gopher paper (Rae et al. 2021, appendix
 A) and the C4 paper (Raffel et al. 2020), adapted to document level: C4 removed offending lines, here a
-document is dropped when too many of its lines offend.
+document is dropped when too many of its lines offend. `c4_clean_lines` does what C4 did instead: it
+removes those lines and the stage drops documents left with too few sentences (`--c4-lines`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thresher.pipelines.errors import UsageError
-from thresher.pipelines.text_views import TextBatch
+from thresher.pipelines.text_views import Pieces, TextBatch
 
 if TYPE_CHECKING:
     from thresher.pipelines.stages.heuristics import HeuristicsParams
@@ -224,6 +225,57 @@ def javascript_cookie(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> Rule
         share,
         f"of lines about javascript/cookies/policies > {p.max_javascript_cookie_lines:g}",
     )
+
+
+@dataclass
+class CleanedLines:
+    """The outcome of C4's line cleaning on a batch: the rewritten texts, and per document the lines it
+    had, the lines removed and the sentences left."""
+
+    text: pa.Array
+    lines: np.ndarray
+    lines_removed: np.ndarray
+    sentences: np.ndarray
+
+    @property
+    def changed(self) -> np.ndarray:
+        return self.lines_removed > 0
+
+
+# A run of terminal marks, then any closing quotes or brackets, then whitespace or the end of the text.
+_SENTENCE_END = "[.!?\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019\u00bb)]*(?:\\s|$)"
+_BLANK_RUN = r"\n(?:[ \t\r\f\v]*\n){2,}"
+
+
+def c4_clean_lines(texts: pa.Array | pa.ChunkedArray, min_line_words: int) -> CleanedLines:
+    """Remove the lines C4 removed (Raffel et al. 2020, section 2.2): lines that do not end in terminal
+    punctuation or that end in an ellipsis, lines of fewer than `min_line_words` words, and lines about
+    javascript, cookies or site policies. Blank lines stay, so paragraphs stay apart (runs of them left
+    by a removal are collapsed to one); a document that loses no line is returned byte for byte."""
+    tb = TextBatch(texts)
+    raw = tb.raw_lines
+    stripped = pc.utf8_trim_whitespace(raw.values)
+    blank = pc.equal(pc.utf8_length(stripped), 0).to_numpy(zero_copy_only=False)
+    words = pc.list_value_length(pc.utf8_split_whitespace(stripped)).to_numpy(zero_copy_only=False)
+    pieces = Pieces(stripped, raw.doc)
+    good = (
+        pieces.matches(_TERMINAL)
+        & ~pieces.matches(_ELLIPSIS)
+        & ~pieces.matches(_JAVASCRIPT_COOKIE)
+        & (words >= min_line_words)
+    )
+    keep = blank | good
+    removed = np.bincount(raw.doc, weights=~keep, minlength=tb.n).astype(np.int64)
+    lines = np.bincount(raw.doc, weights=~blank, minlength=tb.n).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(raw.doc[keep], minlength=tb.n))])
+    kept = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), raw.values.filter(pa.array(keep)))
+    rewritten = pc.utf8_trim_whitespace(
+        pc.replace_substring_regex(pc.binary_join(kept, "\n"), _BLANK_RUN, "\n\n")
+    )
+    original = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    text = pc.if_else(pa.array(removed > 0), rewritten, original)
+    sentences = pc.count_substring_regex(pc.fill_null(text, ""), _SENTENCE_END)
+    return CleanedLines(text, lines, removed, sentences.to_numpy(zero_copy_only=False).astype(np.int64))
 
 
 # ---------------------------------------------------------------------------------------------------------

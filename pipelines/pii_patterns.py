@@ -1,4 +1,4 @@
-"""Finding and redacting personal data in a batch of texts: emails, phone numbers, IP addresses, card numbers.
+"""Finding and redacting personal data in a batch of texts: emails, phones, IP addresses (v4, v6), cards.
 
 Emails, IPs and phones are matched and replaced by Arrow's RE2 kernels over the whole batch. Card-like
 digit runs are only candidates: the few texts holding one are rewritten in Python, where each run is
@@ -23,12 +23,18 @@ PLACEHOLDERS = {
     "phone": "<PHONE>",
 }
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+_HEXTET = r"[0-9A-Fa-f]{1,4}"
+# IPv6 written in full (eight groups) or with one '::' that has a group on both sides. Forms that start or
+# end with '::' (::1, fe80::) are left alone: they are loopback/link-local, never a person's address, and
+# would match code such as `x[::2]`.
+_IPV6 = rf"(?:{_HEXTET}:){{7}}{_HEXTET}|(?:{_HEXTET}:){{1,6}}(?::{_HEXTET}){{1,6}}"
 # Each pattern is written for RE2 (Arrow) and Python's re alike.
 PATTERNS = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
     # 13 to 19 digits, optionally grouped by single spaces or dashes; the Luhn check decides.
     "credit_card": r"\b(?:[0-9][ -]?){12,18}[0-9]\b",
-    "ip": rf"\b{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}\b",
+    "ip": rf"\b(?:{_IPV4}|{_IPV6})\b",
     # North American style (555-0123, (201) 555-0123, 201-555-0123) with an optional +country prefix.
     "phone": r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{3}\)[ .-]?|\b[0-9]{3}[ .-])?\b[0-9]{3}[ .-][0-9]{4}\b",
 }

@@ -107,9 +107,14 @@ class TextBatch:
         return words.per_doc(words.lengths.astype(np.float64), self.n)
 
     @cached_property
+    def raw_lines(self) -> Pieces:
+        """Every line as written, blank ones included (for rewriting a document line by line)."""
+        return _split(pc.split_pattern(self.text, "\n"))
+
+    @cached_property
     def lines(self) -> Pieces:
         """Non-empty lines, stripped of surrounding whitespace."""
-        return _non_empty(_split(pc.split_pattern(self.text, "\n")))
+        return _non_empty(self.raw_lines)
 
     @cached_property
     def paragraphs(self) -> Pieces:

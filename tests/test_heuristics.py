@@ -11,7 +11,14 @@ from conftest import Cli, read_manifest, read_rows
 from factories import write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
-from thresher.pipelines.heuristic_rules import RULE_NAMES, Blocklists, blocked_hosts, expand_rules, rule
+from thresher.pipelines.heuristic_rules import (
+    RULE_NAMES,
+    Blocklists,
+    blocked_hosts,
+    c4_clean_lines,
+    expand_rules,
+    rule,
+)
 from thresher.pipelines.sample_data import generate_web
 from thresher.pipelines.stages.heuristics import HeuristicChecker, HeuristicsParams
 from thresher.pipelines.text_views import TextBatch
@@ -140,6 +147,51 @@ def test_empty_and_null_texts_are_measured_without_errors() -> None:
 # The stage
 
 
+def test_c4_line_cleaning_removes_the_lines_c4_removed_and_keeps_paragraphs() -> None:
+    first, second, third = GOOD.split("\n\n")
+    page = "\n".join(
+        [
+            "Home | News | Contact",  # no terminal punctuation
+            first,
+            "Read the rest of the story...",  # ends in an ellipsis
+            "",
+            "Share this.",  # fewer than five words
+            "Please enable JavaScript to view the comments below.",
+            "This site uses cookies to improve your experience.",
+            second,
+            "",
+            "",
+            "Posted in Farming",
+            "",
+            third,
+        ]
+    )
+    texts = pa.array([page, GOOD, "Too short to matter. Only two. ", None, ""])
+    cleaned = c4_clean_lines(texts, min_line_words=5)
+    assert cleaned.text[0].as_py() == f"{first}\n\n{second}\n\n{third}"
+    assert cleaned.lines.tolist() == [9, 3, 1, 0, 0]
+    assert cleaned.lines_removed.tolist() == [6, 0, 0, 0, 0]
+    # A document that loses no line comes back byte for byte, trailing space included.
+    assert cleaned.text.to_pylist()[1:] == [GOOD, "Too short to matter. Only two. ", None, ""]
+    assert cleaned.sentences.tolist() == [6, 6, 2, 0, 0]
+    # Lines are measured stripped; the word bound is tunable.
+    assert c4_clean_lines(pa.array(["  Share this.  \nAnd one more line."]), 3).text[0].as_py() == (
+        "And one more line."
+    )
+
+
+def test_c4_lines_drop_documents_left_with_too_few_sentences_before_any_rule() -> None:
+    params = HeuristicsParams(rules=["gopher_word_count"], min_words=1, c4_lines=True)
+    checker = HeuristicChecker(params, Blocklists())
+    texts, short = checker.clean_lines(pa.array([GOOD, "Menu\nOne sentence that is long enough.", "x"]))
+    assert sorted(short) == [1, 2]
+    assert short[1] == "1 sentences left after removing 1 of 2 lines, < 3"
+    reasons, _ = checker.check(TextBatch(texts), short)
+    assert reasons == [None, "c4_lines", "c4_lines"]
+    assert checker.tripped["c4_lines"] == 2
+    assert dict(checker.line_counts) == {"lines_removed": 2, "documents_changed": 2}
+
+
 @pytest.fixture
 def web(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     sample = generate_web(400, seed=3)
@@ -176,6 +228,37 @@ def test_heuristics_stage_drops_junk_and_names_rules(
     assert "word_blocklist" in summary["rules"]
     assert all(summary["tripped_by_rule"][k] >= v for k, v in summary["dropped_by_rule"].items())
     assert read_manifest(out)["totals"]["dropped"] == dict(sorted(by_rule.items()))
+
+
+def test_c4_lines_through_the_cli_rewrites_documents_and_counts_every_line(
+    cli: Cli, tmp_path: Path, web: tuple[Path, dict[str, str]]
+) -> None:
+    src, kinds = web
+    out = tmp_path / "out"
+    args = ("--rules", "c4_lorem_ipsum", "--c4-lines")
+    assert cli("heuristics", src, out, "-w", "1", "-q", *args).exit_code == 0
+    before = {r["id"]: r["text"] for r in read_rows(src)}
+    kept = {r["id"]: r["text"] for r in read_rows(out)}
+    dropped = pq.read_table(out / "_dropped").to_pylist()
+    assert len(kept) + len(dropped) == len(before) == 400
+    assert {r["reason"] for r in dropped} <= {"c4_lines", "c4_lorem_ipsum"}
+    assert any(r["reason"] == "c4_lines" for r in dropped)
+    # What is kept is what the cleaning gives, document by document.
+    ids = list(kept)
+    expected = c4_clean_lines(pa.array([before[i] for i in ids]), 5).text.to_pylist()
+    assert [kept[i] for i in ids] == expected
+    assert any(kept[i] != before[i] for i in ids) and any(kept[i] == before[i] for i in ids)
+    # Short pages go; prose stays (some of it loses a heading or a caption line).
+    assert not any(kinds[i] == "short" for i in kept)
+    assert sum(kinds[i] == "clean" for i in kept) == sum(k == "clean" for k in kinds.values())
+    summary = read_manifest(out)["summary"]
+    assert summary["rules"] == ["c4_lines", "c4_lorem_ipsum"]
+    assert summary["dropped_by_rule"]["c4_lines"] == sum(r["reason"] == "c4_lines" for r in dropped)
+    everything = c4_clean_lines(pa.array(list(before.values())), 5)
+    assert summary["c4_lines"] == {
+        "documents_changed": int(everything.changed.sum()),
+        "lines_removed": int(everything.lines_removed.sum()),
+    }
 
 
 def test_url_blocklist_through_the_cli(cli: Cli, tmp_path: Path) -> None:

@@ -26,8 +26,24 @@ CASES = {
         ["In 2019-2020 it grew.", "Room 12-34.", "ISBN 978-3-16", "about 1234 5678 things"],
     ),
     "ip": (
-        ["The server at 192.0.2.17 failed.", "from 10.0.0.1:8080", "255.255.255.255"],
-        ["Version 1.2.3 shipped.", "256.1.1.1 is not an address", "the 3.5 release", "10.0.0"],
+        [
+            "The server at 192.0.2.17 failed.",
+            "from 10.0.0.1:8080",
+            "255.255.255.255",
+            "Reach it on 2001:db8::8a2e:370:7334 today.",
+            "full form 2001:0DB8:85a3:0000:0000:8a2e:0370:7334.",
+            "link fe80::1ff:fe23:4567:890a%eth0",
+        ],
+        [
+            "Version 1.2.3 shipped.",
+            "256.1.1.1 is not an address",
+            "the 3.5 release",
+            "10.0.0",
+            "std::vector<int> in C++",
+            "at 12:30:45 sharp",
+            "mac 00:1a:2b:3c:4d:5e",
+            "slice x[::2] and ::1",
+        ],
     ),
     "credit_card": (
         ["Card 4111 1111 1111 1111 was charged.", "use 5500-0000-0000-0004", "pay 4012888888881881"],

@@ -3,6 +3,10 @@
 A map stage: every shard is streamed in batches, each rule measures the whole batch at once, and a dropped
 document's `_dropped/` row names the first rule it tripped (in catalogue order) with the measured figure.
 The manifest counts drops per rule, and also how many documents tripped each rule at all.
+
+With `--c4-lines` the stage first rewrites documents the way C4 did (offending lines removed, see
+`heuristic_rules.c4_clean_lines`), drops those left with too few sentences under the reason `c4_lines`,
+and runs the rules on what is left; the manifest counts the lines removed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from thresher.pipelines.heuristic_rules import (
     DEFAULT_RULES,
     RULE_NAMES,
     Blocklists,
+    c4_clean_lines,
     expand_rules,
     rule,
 )
@@ -90,6 +95,16 @@ class HeuristicsParams(StageParams):
     )
     max_javascript_cookie_lines: float = Field(
         0.1, ge=0, le=1, description="c4_javascript_cookie: most lines about javascript/cookies/policies."
+    )
+    c4_lines: bool = Field(
+        False,
+        description="Clean lines as C4 did before the rules run: remove lines without terminal punctuation"
+        " (or ending in '...'), shorter than --c4-min-line-words, or about javascript/cookies/policies;"
+        " then drop documents left with fewer than --c4-min-sentences sentences (reason c4_lines).",
+    )
+    c4_min_line_words: int = Field(5, ge=0, description="--c4-lines: fewest words a kept line has.")
+    c4_min_sentences: int = Field(
+        3, ge=0, description="--c4-lines: fewest sentences a document keeps after line cleaning."
     )
     word_blocklist: list[str] = Field(
         [], description="Files of blocked words or phrases, one per line ('#' comments); case-insensitive."
@@ -192,7 +207,12 @@ class Heuristics(Stage):
 
         def apply_rules(batch: pa.RecordBatch) -> BatchOutcome:
             urls = batch.column(url_column) if url_column else None
-            reasons, details = checker.check(TextBatch(batch.column(p.text_column), urls))
+            short: dict[int, str] = {}
+            if p.c4_lines:
+                index = batch.schema.get_field_index(p.text_column)
+                texts, short = checker.clean_lines(batch.column(index))
+                batch = batch.set_column(index, batch.schema.field(index), texts)
+            reasons, details = checker.check(TextBatch(batch.column(p.text_column), urls), short)
             drop = np.array([r is not None for r in reasons], dtype=bool)
             if not drop.any():
                 return BatchOutcome(batch)
@@ -207,6 +227,8 @@ class Heuristics(Stage):
 
         result = map_shard(Path(task.inputs[0]), tc, apply_rules, writes_dropped=True)
         result.extra["tripped"] = dict(checker.tripped)
+        if p.c4_lines:
+            result.extra["c4_lines"] = dict(checker.line_counts)
         return result
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
@@ -217,11 +239,16 @@ class Heuristics(Stage):
                 dropped.update(r.counts.dropped)
             tripped.update(r.extra.get("tripped", {}))
         rules = list(self.params.active_rules())
+        rules = ["c4_lines", *rules] if self.params.c4_lines else rules
+        lines: Counter[str] = Counter()
+        for r in records:
+            lines.update(r.extra.get("c4_lines", {}))
         return {
             "rules": rules,
             "dropped_by_rule": {name: dropped.get(name, 0) for name in rules},
             # A document can trip several rules; it is dropped under the first.
             "tripped_by_rule": {name: tripped.get(name, 0) for name in rules},
+            "c4_lines": dict(sorted(lines.items())) if self.params.c4_lines else None,
         }
 
 
@@ -233,12 +260,34 @@ class HeuristicChecker:
         self.blocklists = blocklists
         self.rules = [rule(name) for name in params.active_rules()]
         self.tripped: Counter[str] = Counter({r.name: 0 for r in self.rules})
+        self.line_counts: Counter[str] = Counter(lines_removed=0, documents_changed=0)
 
-    def check(self, tb: TextBatch) -> tuple[list[str | None], list[str | None]]:
-        """Per document: the first rule it trips (None if none) and that rule's detail."""
+    def clean_lines(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, dict[int, str]]:
+        """The texts with C4's offending lines removed, and the documents left with too few sentences
+        (row -> detail), which `check` drops under c4_lines before any rule."""
+        p = self.params
+        cleaned = c4_clean_lines(texts, p.c4_min_line_words)
+        self.line_counts["lines_removed"] += int(cleaned.lines_removed.sum())
+        self.line_counts["documents_changed"] += int(cleaned.changed.sum())
+        short = {
+            int(i): f"{cleaned.sentences[i]} sentences left after removing {cleaned.lines_removed[i]} of "
+            f"{cleaned.lines[i]} lines, < {p.c4_min_sentences}"
+            for i in np.nonzero(cleaned.sentences < p.c4_min_sentences)[0]
+        }
+        self.tripped["c4_lines"] += len(short)
+        return cleaned.text, short
+
+    def check(
+        self, tb: TextBatch, dropped_first: dict[int, str] | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """Per document: the first rule it trips (None if none) and that rule's detail. Rows in
+        `dropped_first` (from `clean_lines`) are dropped under c4_lines whatever the rules say."""
         reasons: list[str | None] = [None] * tb.n
         details: list[str | None] = [None] * tb.n
         undecided = np.ones(tb.n, dtype=bool)
+        for row, detail in (dropped_first or {}).items():
+            reasons[row], details[row] = "c4_lines", detail
+            undecided[row] = False
         for r in self.rules:
             outcome = r.measure(tb, self.params, self.blocklists)
             self.tripped[r.name] += int(outcome.tripped.sum())
