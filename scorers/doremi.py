@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from thresher.pipelines.errors import ThresherError
+from thresher.scorers.checkpoints import CheckpointPlan
 from thresher.scorers.device import DeviceName, Placement, resolve_device
 from thresher.scorers.proxy_lm import EOS, ProxyConfig, WindowSampler, build_model, learning_rate
 
@@ -134,6 +135,10 @@ class DomainBatches:
         parts = [self.samplers[i].batch(int(n)) for i, n in enumerate(counts) if n > 0]
         labels = np.repeat(np.arange(len(counts)), counts)
         return torch.cat(parts), torch.from_numpy(labels)
+
+    def generators(self) -> dict[str, Any]:
+        """The samplers' random generators by name, for a checkpoint."""
+        return {f"domain{i}": s.generator for i, s in enumerate(self.samplers)}
 
 
 def eval_windows(domains: Sequence[DomainStreams], length: int) -> list[np.ndarray]:
@@ -235,6 +240,7 @@ class ReferenceReport:
     domain_loss: list[float]
     seconds_per_step: float
     parameters: int
+    resumed_from: int = 0
 
 
 def train_reference(
@@ -249,10 +255,14 @@ def train_reference(
     device: DeviceName = "auto",
     threads: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    checkpoints: CheckpointPlan | None = None,
 ) -> ReferenceReport:
     """Train the reference model on the baseline mixture and `save_pretrained` it (with the tokenizer) to
     `out_dir`, a folder `thresher perplexity lm --model` can read. Each step's windows are split between
-    domains by a seeded multinomial draw from `mixture`."""
+    domains by a seeded multinomial draw from `mixture`.
+
+    With `checkpoints`, the run resumes from the newest matching checkpoint and writes one every
+    `checkpoints.every` steps; `on_step(n)` is told of n more steps done (the resumed ones at once)."""
     import torch
 
     from thresher.scorers.torch_runtime import quiet_transformers
@@ -267,10 +277,17 @@ def train_reference(
         optimizer = _optimizer(model, config)
         batches = DomainBatches(domains, config.context_length, seed + 1)
         draws = torch.Generator().manual_seed(seed + 2)
+        generators = {"draws": draws, **batches.generators()}
         probabilities = torch.from_numpy(mixture)
+        resumed = checkpoints.resume(model, optimizer, generators) if checkpoints else None
+        first = int(resumed["step"]) if resumed else 0
+        if first:
+            log.info("doremi reference: resuming from step %d", first)
+            if on_step is not None:
+                on_step(first)
         started = time.perf_counter()
         schedule = _with_steps(config, steps)
-        for step in range(steps):
+        for step in range(first, steps):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(schedule, step)
             picks = torch.multinomial(probabilities, config.batch_size, replacement=True, generator=draws)
@@ -282,8 +299,10 @@ def train_reference(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if checkpoints is not None and checkpoints.due(step + 1, steps):
+                checkpoints.save(step + 1, model, optimizer, generators)
             if on_step is not None:
-                on_step(step + 1)
+                on_step(1)
             if (step + 1) % max(1, steps // 5) == 0:
                 log.info("doremi reference: step %d/%d  loss %.3f", step + 1, steps, loss.item())
         seconds = time.perf_counter() - started
@@ -296,8 +315,9 @@ def train_reference(
             steps=steps,
             mixture=[float(x) for x in mixture],
             domain_loss=domain_loss,
-            seconds_per_step=seconds / max(steps, 1),
+            seconds_per_step=seconds / max(steps - first, 1),
             parameters=int(sum(p.numel() for p in model.parameters())),
+            resumed_from=first,
         )
 
 
@@ -343,6 +363,7 @@ class DoReMiResult:
     steps: int
     seconds_per_step: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0
 
 
 def train_doremi_proxy(
@@ -359,10 +380,12 @@ def train_doremi_proxy(
     device: DeviceName = "auto",
     threads: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    checkpoints: CheckpointPlan | None = None,
 ) -> DoReMiResult:
     """Train a proxy of the reference's size from scratch with Group DRO; return the domain weights.
 
-    `reference` is a model folder (from `train_reference`) or a loaded causal LM."""
+    `reference` is a model folder (from `train_reference`) or a loaded causal LM. `checkpoints` and
+    `on_step` as for `train_reference`; a checkpoint also holds the domain weights so far."""
     import torch
 
     steps = steps or config.max_steps
@@ -382,8 +405,21 @@ def train_doremi_proxy(
         last_excess = np.zeros(k)
         excess_sum = np.zeros(k)
         history: list[dict[str, Any]] = []
+        generators = batches.generators()
+        resumed = checkpoints.resume(model, optimizer, generators) if checkpoints else None
+        first = int(resumed["step"]) if resumed else 0
+        if resumed:
+            # JSON keeps every float64 exactly, so the resumed weights are the ones the run had.
+            trajectory = [np.array(w, np.float64) for w in resumed["trajectory"]]
+            weights = trajectory[-1].copy()
+            last_excess = np.array(resumed["last_excess"], np.float64)
+            excess_sum = np.array(resumed["excess_sum"], np.float64)
+            history = resumed["history"]
+            log.info("doremi proxy: resuming from step %d", first)
+            if on_step is not None:
+                on_step(first)
         started = time.perf_counter()
-        for step in range(steps):
+        for step in range(first, steps):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(schedule, step)
             rows, labels = batches.batch(stratified_counts(config.batch_size, k, step))
@@ -406,8 +442,6 @@ def train_doremi_proxy(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            if on_step is not None:
-                on_step(step + 1)
             if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
                 history.append(
                     {
@@ -423,6 +457,19 @@ def train_doremi_proxy(
                     steps,
                     " ".join(f"{d.name}={w:.3f}" for d, w in zip(domains, weights, strict=True)),
                 )
+            if checkpoints is not None and checkpoints.due(step + 1, steps):
+                checkpoints.save(
+                    step + 1,
+                    model,
+                    optimizer,
+                    generators,
+                    trajectory=[w.tolist() for w in trajectory],
+                    last_excess=last_excess.tolist(),
+                    excess_sum=excess_sum.tolist(),
+                    history=history,
+                )
+            if on_step is not None:
+                on_step(1)
         seconds = time.perf_counter() - started
         windows = eval_windows(domains, config.context_length)
         return DoReMiResult(
@@ -435,6 +482,7 @@ def train_doremi_proxy(
             reference_loss=evaluate_domains(ref_model, windows, placement),
             proxy_loss=evaluate_domains(model, windows, placement),
             steps=steps,
-            seconds_per_step=seconds / max(steps, 1),
+            seconds_per_step=seconds / max(steps - first, 1),
             history=history,
+            resumed_from=first,
         )

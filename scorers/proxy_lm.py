@@ -10,11 +10,8 @@ resumed from it continues exactly as the uninterrupted run would. Nothing is pic
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from thresher.pipelines.errors import ThresherError
+from thresher.scorers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from thresher.scorers.device import DeviceName, resolve_device
 
 log = logging.getLogger("thresher")
 
 EOS = "<|endoftext|>"
-CHECKPOINT_PREFIX = "step-"
 
 
 @dataclass(frozen=True)
@@ -177,7 +174,7 @@ def validation_windows(streams: Sequence[np.ndarray], length: int, max_tokens: i
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Checkpoints: safetensors for tensors, JSON for the rest
+# Checkpoints (see scorers/checkpoints.py)
 
 
 @dataclass
@@ -185,57 +182,6 @@ class TrainingState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     fingerprint: str = ""
-
-
-def _latest_checkpoint(folder: Path, fingerprint: str) -> Path | None:
-    candidates = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*"), reverse=True) if folder.is_dir() else []
-    for path in candidates:
-        try:
-            state = json.loads((path / "state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if state.get("fingerprint") == fingerprint:
-            return path
-    return None
-
-
-def _save_checkpoint(
-    folder: Path, model: Any, optimizer: Any, sampler: WindowSampler, state: TrainingState
-) -> None:
-    from safetensors.torch import save_file, save_model
-
-    final = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}"
-    tmp = folder / f".{final.name}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles the tied input/output embeddings
-    tensors = {"sampler_generator": sampler.generator.get_state()}
-    for index, moments in optimizer.state_dict()["state"].items():
-        for name, value in moments.items():
-            tensors[f"adamw.{index}.{name}"] = value.detach().cpu().contiguous()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
-    os.replace(tmp, final)
-    # One checkpoint is enough to resume; older ones only cost disk.
-    for old in folder.glob(f"{CHECKPOINT_PREFIX}*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(path: Path, model: Any, optimizer: Any, sampler: WindowSampler) -> TrainingState:
-    from safetensors.torch import load_file, load_model
-
-    load_model(model, str(path / "model.safetensors"))
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    sampler.generator.set_state(tensors.pop("sampler_generator"))
-    moments: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        moments.setdefault(int(index), {})[name] = value
-    groups = optimizer.state_dict()["param_groups"]
-    optimizer.load_state_dict({"state": moments, "param_groups": groups})
-    data = json.loads((path / "state.json").read_text())
-    return TrainingState(step=data["step"], history=data["history"], fingerprint=data["fingerprint"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -396,9 +342,10 @@ def train_proxy_lm(
             return contextlib.nullcontext()
 
         state = TrainingState(fingerprint=fingerprint)
-        resume = _latest_checkpoint(checkpoint_dir, fingerprint)
+        generators = {"sampler": sampler.generator}
+        resume = latest_checkpoint(checkpoint_dir, fingerprint)
         if resume is not None:
-            state = _load_checkpoint(resume, model, optimizer, sampler)
+            state = TrainingState(**load_checkpoint(resume, model, optimizer, generators))
             log.info("proxy-train: resuming from step %d (%s)", state.step, resume.name)
         resumed_from = state.step
         model.train()
@@ -432,7 +379,7 @@ def train_proxy_lm(
                     rate,
                 )
             if state.step % config.checkpoint_every == 0 or state.step == stop_after:
-                _save_checkpoint(checkpoint_dir, model, optimizer, sampler, state)
+                save_checkpoint(checkpoint_dir, model, optimizer, generators, asdict(state))
             if state.step == stop_after:
                 break
         if not state.history or state.history[-1]["step"] != state.step:

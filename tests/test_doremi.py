@@ -4,8 +4,14 @@ synthetic three-domain corpus with tiny real models (nothing mocked)."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -125,6 +131,78 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert runs[0].weights == pytest.approx(average_weights(runs[0].trajectory))
 
 
+class Interrupted(Exception):
+    """Stands for a kill: raised from `on_step` once the given number of steps is done."""
+
+
+def _interrupt_after(limit: int) -> Any:
+    done = 0
+
+    def on_step(n: int) -> None:
+        nonlocal done
+        done += n
+        if done >= limit:
+            raise Interrupted
+
+    return on_step
+
+
+def test_both_trainers_resume_from_a_checkpoint_exactly(tmp_path: Path) -> None:
+    """Killed after step 5 with checkpoints every 3 steps, each trainer restarts from step 3 and ends with
+    what an uninterrupted run gives, bit for bit; a checkpoint for other settings is not resumed from."""
+    import dataclasses
+
+    from safetensors.numpy import load_file
+
+    from thresher.scorers.checkpoints import CheckpointPlan
+    from thresher.scorers.proxy_lm import PRESETS, train_tokenizer
+
+    rng = np.random.default_rng(1)
+    tokenizer = train_tokenizer(["some text to learn a few merges from"] * 20, 300)
+    vocab = tokenizer.get_vocab_size()
+    domains = [DomainStreams(n, [rng.integers(1, vocab, 400).astype(np.uint16)]) for n in ("a", "b", "c")]
+    config = dataclasses.replace(
+        PRESETS["tiny"], vocab_size=300, context_length=16, n_embd=16, n_layer=1, n_head=2, batch_size=6,
+        warmup_steps=2,
+    )  # fmt: skip
+    common: dict[str, Any] = {"tokenizer": tokenizer, "seed": 5, "steps": 8, "device": "cpu", "threads": 1}
+
+    def reference(out: str, plan: CheckpointPlan | None = None, on_step: Any = None) -> Any:
+        return train_reference(
+            config, domains, np.ones(3), out_dir=tmp_path / out, checkpoints=plan, on_step=on_step, **common
+        )
+
+    def proxy(plan: CheckpointPlan | None = None, on_step: Any = None) -> Any:
+        ref = tmp_path / "straight-ref"
+        return train_doremi_proxy(config, domains, ref, checkpoints=plan, on_step=on_step, **common)
+
+    straight_ref = reference("straight-ref")
+    straight = proxy()
+    for name, trainer in (("ref", lambda plan, stop: reference("resumed-ref", plan, stop)), ("proxy", proxy)):
+        plan = CheckpointPlan(tmp_path / f"checkpoints-{name}", fingerprint="f", every=3)
+        with pytest.raises(Interrupted):
+            trainer(plan, _interrupt_after(5))
+        assert [c.name for c in plan.folder.iterdir()] == ["step-00000003"]
+        progress: list[int] = []
+        result = trainer(plan, progress.append)
+        assert result.resumed_from == 3 and progress == [3, 1, 1, 1, 1, 1]
+        if name == "ref":
+            assert result.domain_loss == straight_ref.domain_loss
+            assert (
+                load_file(str(tmp_path / "resumed-ref" / "model.safetensors")).keys()
+                == load_file(str(tmp_path / "straight-ref" / "model.safetensors")).keys()
+            )
+            resumed_w = load_file(str(tmp_path / "resumed-ref" / "model.safetensors"))
+            straight_w = load_file(str(tmp_path / "straight-ref" / "model.safetensors"))
+            assert resumed_w.keys() == straight_w.keys()
+            assert all((resumed_w[k] == straight_w[k]).all() for k in straight_w)
+        else:
+            assert result.trajectory == straight.trajectory and result.weights == straight.weights
+            assert result.history == straight.history and result.proxy_loss == straight.proxy_loss
+        other = CheckpointPlan(plan.folder, fingerprint="other settings", every=100)
+        assert trainer(other, None).resumed_from == 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # End to end: noise, a constant domain and a learnable one
 
@@ -230,6 +308,38 @@ def test_rerunning_is_up_to_date(doremi_run: Path, synthetic: Path, cli: Cli) ->
     result = cli(*args, "-w", "1")
     assert result.exit_code == 0, result.output
     assert (doremi_run / "_manifest.json").stat().st_mtime_ns == before
+
+
+def test_a_killed_run_resumes_each_model_from_its_checkpoint(
+    synthetic: Path, tmp_path: Path, cli: Cli
+) -> None:
+    """Killed while the proxy trains, the stage run again keeps the reference, resumes the proxy from its
+    last checkpoint and writes the weights of an uninterrupted run."""
+    steps = ["--max-steps", "60", "--reference-steps", "30", "--checkpoint-every", "10"]
+    straight = tmp_path / "straight"
+    assert cli("reweight", "doremi", synthetic, straight, *TINY, *steps, "-w", "1", "-q").exit_code == 0
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "thresher.cli", "reweight", "doremi", str(synthetic), str(killed)]
+    proc = subprocess.Popen(
+        [*command, *TINY, *steps, "-w", "1", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = killed / "_thresher" / "work" / "checkpoints" / "proxy" / "step-00000020"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not checkpoint.is_dir() and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.is_dir() and not (killed / "_manifest.json").exists()
+    reference_bytes = (killed / "reference" / "model.safetensors").read_bytes()
+
+    assert cli("reweight", "doremi", synthetic, killed, *TINY, *steps, "-w", "1", "-q").exit_code == 0
+    assert (killed / "reference" / "model.safetensors").read_bytes() == reference_bytes  # not retrained
+    assert (killed / "domain_weights.json").read_bytes() == (straight / "domain_weights.json").read_bytes()
+    assert (killed / "trajectory.json").read_bytes() == (straight / "trajectory.json").read_bytes()
+    proxy = next(t for t in read_manifest(killed)["tasks"] if t["phase"] == "proxy")
+    # Step 20's checkpoint or a later one (the kill may land a little after step 20's was written).
+    assert proxy["extra"]["resumed_from"] >= 20 and proxy["extra"]["resumed_from"] % 10 == 0
+    assert not (killed / "_thresher" / "work").exists()
 
 
 def test_a_row_without_a_domain_is_a_one_line_error(tmp_path: Path, cli: Cli) -> None:

@@ -15,6 +15,10 @@ Phases:
   included) and `trajectory.json` (the weights after every step, row 0 the initial ones), which is also the
   manifest summary's `trajectory`.
 
+Both models checkpoint to the work folder every `--checkpoint-every` steps (safetensors and JSON, see
+`scorers/checkpoints.py`); a killed run, run again, resumes each from its last checkpoint and ends with the
+weights an uninterrupted run gives. The work folder goes once the stage is done.
+
 Every domain of the column takes part; a row whose domain is null is a one-line error. torch, tokenizers
 and transformers load inside the tasks.
 """
@@ -33,7 +37,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from thresher.pipelines.atomic import atomic_open
-from thresher.pipelines.digest import file_digest
+from thresher.pipelines.digest import file_digest, value_digest
 from thresher.pipelines.errors import ThresherError
 from thresher.pipelines.manifest import FileRecord, TaskRecord
 from thresher.pipelines.proxy_tokenizer import tokenizer_phase, train_tokenizer_task
@@ -81,6 +85,12 @@ class DoReMiParams(StageParams):
         200_000, ge=1, description="Documents the tokenizer trains on (every k-th, evenly over the set)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; CUDA uses bf16.")
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="Steps between checkpoints of each model (default: the preset's); a killed run resumes "
+        "from the last one.",
+    )
     threads: int | None = Field(
         None,
         ge=1,
@@ -97,6 +107,22 @@ class DoReMiParams(StageParams):
         if config.n_embd % config.n_head:
             raise ThresherError(f"--n-embd {config.n_embd} must be a multiple of --n-head {config.n_head}")
         return config
+
+
+def _checkpoints(stage: DoReMi, task: TaskSpec, every: int) -> Any:
+    """Where this phase's model checkpoints go, and what they must match to be resumed from: the phase,
+    the params (how often to checkpoint aside), the seed and the task's input files."""
+    from thresher.scorers.checkpoints import CheckpointPlan
+
+    fingerprint = value_digest(
+        {
+            "phase": task.key,
+            "params": stage.params.model_dump(mode="json", exclude={"checkpoint_every"}),
+            "seed": stage.ctx.seed,
+            "inputs": [file_digest(Path(p)) for p in task.inputs],
+        }
+    )
+    return CheckpointPlan(stage.ctx.work / "checkpoints" / task.key, fingerprint, every)
 
 
 def _record_file(tc: TaskContext, path: Path) -> None:
@@ -267,7 +293,8 @@ class DoReMi(Stage):
             steps=self.params.reference_steps,
             device=self.params.device,
             threads=self.params.threads,
-            on_step=lambda _: tc.progress(1),
+            on_step=tc.progress,
+            checkpoints=_checkpoints(self, task, config.checkpoint_every),
         )
         shutil.rmtree(self.ctx.output / REFERENCE_DIR, ignore_errors=True)
         for file in sorted(export.iterdir()):
@@ -280,6 +307,7 @@ class DoReMi(Stage):
             "mixture": dict(zip(names, _rounded(report.mixture), strict=True)),
             "domain_loss": dict(zip(names, _rounded(report.domain_loss), strict=True)),
             "steps": report.steps,
+            "resumed_from": report.resumed_from,
             "seconds_per_step": round(report.seconds_per_step, 4),
             "parameters": report.parameters,
         }
@@ -293,9 +321,10 @@ class DoReMi(Stage):
         domains = self._domains(token_files)
         tokenizer_path = next(Path(p) for p in task.inputs if p.endswith(TOKENIZER_FILE))
         p = self.params
+        config = p.config()
         tokenizer = load_tokenizer(tokenizer_path)
         result = train_doremi_proxy(
-            p.config(),
+            config,
             domains,
             self.ctx.output / REFERENCE_DIR,
             tokenizer=tokenizer,
@@ -304,7 +333,8 @@ class DoReMi(Stage):
             smoothing=p.smoothing,
             device=p.device,
             threads=p.threads,
-            on_step=lambda _: tc.progress(1),
+            on_step=tc.progress,
+            checkpoints=_checkpoints(self, task, config.checkpoint_every),
         )
         names = result.domains
         weights = dict(zip(names, _rounded(result.weights), strict=True))
@@ -326,6 +356,7 @@ class DoReMi(Stage):
             "mean_excess": dict(zip(names, _rounded(result.mean_excess), strict=True)),
             "reference_loss": dict(zip(names, _rounded(result.reference_loss), strict=True)),
             "proxy_loss": dict(zip(names, _rounded(result.proxy_loss), strict=True)),
+            "resumed_from": result.resumed_from,
             "seconds_per_step": round(result.seconds_per_step, 4),
         }
         # The trajectory goes to the manifest summary once, from this file, not through the task record too.
