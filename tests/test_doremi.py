@@ -95,12 +95,13 @@ def test_stratified_batches_hold_every_domain_and_even_out_over_steps() -> None:
 # Training, in-process
 
 
-def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+def _tiny_setup(seed: int) -> tuple[Any, list[DomainStreams], Any]:
+    """A tokenizer, three domains of random tokens and a one-layer config: seconds to train on CPU."""
     import dataclasses
 
     from thresher.scorers.proxy_lm import PRESETS, train_tokenizer
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     tokenizer = train_tokenizer(["some text to learn a few merges from"] * 20, 300)
     vocab = tokenizer.get_vocab_size()
     domains = [DomainStreams(n, [rng.integers(1, vocab, 400).astype(np.uint16)]) for n in ("a", "b", "c")]
@@ -108,6 +109,11 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
         PRESETS["tiny"], vocab_size=300, context_length=16, n_embd=16, n_layer=1, n_head=2, batch_size=6,
         warmup_steps=2,
     )  # fmt: skip
+    return tokenizer, domains, config
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    tokenizer, domains, config = _tiny_setup(seed=0)
     runs = []
     for run in range(2):
         ref = tmp_path / f"ref{run}"
@@ -150,21 +156,11 @@ def _interrupt_after(limit: int) -> Any:
 def test_both_trainers_resume_from_a_checkpoint_exactly(tmp_path: Path) -> None:
     """Killed after step 5 with checkpoints every 3 steps, each trainer restarts from step 3 and ends with
     what an uninterrupted run gives, bit for bit; a checkpoint for other settings is not resumed from."""
-    import dataclasses
-
     from safetensors.numpy import load_file
 
     from thresher.scorers.checkpoints import CheckpointPlan
-    from thresher.scorers.proxy_lm import PRESETS, train_tokenizer
 
-    rng = np.random.default_rng(1)
-    tokenizer = train_tokenizer(["some text to learn a few merges from"] * 20, 300)
-    vocab = tokenizer.get_vocab_size()
-    domains = [DomainStreams(n, [rng.integers(1, vocab, 400).astype(np.uint16)]) for n in ("a", "b", "c")]
-    config = dataclasses.replace(
-        PRESETS["tiny"], vocab_size=300, context_length=16, n_embd=16, n_layer=1, n_head=2, batch_size=6,
-        warmup_steps=2,
-    )  # fmt: skip
+    tokenizer, domains, config = _tiny_setup(seed=1)
     common: dict[str, Any] = {"tokenizer": tokenizer, "seed": 5, "steps": 8, "device": "cpu", "threads": 1}
 
     def reference(out: str, plan: CheckpointPlan | None = None, on_step: Any = None) -> Any:
