@@ -175,19 +175,15 @@ def dup_ngram(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
     worst = np.zeros(tb.n, dtype=np.float64)
     labels = [""] * tb.n
     words = tb.normalised_words
-    # A repeated n-gram contains a repeated (n-1)-gram, so each larger n looks only at documents that
-    # had a repeat at the smaller one: usually a small minority.
-    candidates: np.ndarray | None = None
+    # In increasing n, so each n-gram pass looks only where the last one found repeats (see ngram_runs).
     for n, limit in p.dup_ngram_limits():
-        runs = tb.ngram_runs(n, candidates)
+        runs = tb.ngram_runs(n)
         share = _fraction(runs.covered_chars(words.lengths, tb.n, words.doc), tb.normalised_chars)
         over = (share > limit) & ~tripped
         for row in np.nonzero(over)[0]:
             labels[row] = f"{n}-grams > {limit:g}"
         worst = np.where(over, share, worst)
         tripped |= over
-        candidates = np.zeros(tb.n, dtype=bool)
-        candidates[runs.doc[runs.repeat]] = True
     return _labelled(tripped, worst, labels, "of chars in repeated")
 
 

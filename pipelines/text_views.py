@@ -80,6 +80,9 @@ class TextBatch:
         self.n = len(texts)
         self.urls = urls
         self._keys: tuple[int, np.ndarray] | None = None  # the last n-gram keys built, and their n
+        # The last n whose n-gram runs were built, and which word positions start an n-gram that occurs
+        # at least twice in its document.
+        self._repeated_starts: tuple[int, np.ndarray] | None = None
 
     @cached_property
     def words(self) -> Pieces:
@@ -144,25 +147,35 @@ class TextBatch:
         self._keys = (n, key)
         return key
 
-    def ngram_runs(self, n: int, docs: np.ndarray | None = None) -> NgramRuns:
+    def ngram_runs(self, n: int) -> NgramRuns:
         """Word n-grams of the normalised words, grouped into runs of equal n-grams per document.
-        `docs` (a mask) limits the work to some documents."""
+
+        Only repeated n-grams are for sure in it: n-grams that occur once may be left out. That is what
+        the rules need (top and covered characters count repeats only), and it saves most of the work: an
+        n-gram at position i that occurs twice has its (n-1)-grams at i and i+1 occurring twice too, so
+        after the (n-1)-gram runs were built, only positions where both did are looked at."""
         words = self.normalised_words
         doc = words.doc
         if len(doc) < n:
             empty = np.zeros(0, dtype=np.int64)
             return NgramRuns(np.zeros(0, dtype=np.uint64), empty, empty, empty, n)
         key = self._ngram_keys(n)
-        valid = doc[: len(doc) - n + 1] == doc[n - 1 :]
-        if docs is not None:
-            valid &= docs[doc[: len(doc) - n + 1]]
+        last = len(doc) - n + 1
+        valid = doc[:last] == doc[n - 1 :]
+        if self._repeated_starts is not None and self._repeated_starts[0] == n - 1:
+            repeated = self._repeated_starts[1]
+            valid &= repeated[:last] & repeated[1 : last + 1]
         starts = np.nonzero(valid)[0]
         key = key[starts]
         # Unstable sort: several times faster, and `repeat` finds each run's first occurrence by position.
         order = np.argsort(key, kind="quicksort")
         position = starts[order]
         chars = self._cumulative_chars[position + n] - self._cumulative_chars[position]
-        return NgramRuns(key[order], doc[position], chars, position, n)
+        runs = NgramRuns(key[order], doc[position], chars, position, n)
+        repeated = np.zeros(len(doc) + 1, dtype=bool)  # one spare slot: `repeated[1 : last + 1]` above
+        repeated[runs.position[runs.in_repeated_run]] = True
+        self._repeated_starts = (n, repeated)
+        return runs
 
     @cached_property
     def _cumulative_chars(self) -> np.ndarray:
@@ -184,6 +197,12 @@ class NgramRuns:
         new_run = np.ones(len(self.key), dtype=bool)
         new_run[1:] = self.key[1:] != self.key[:-1]
         return np.nonzero(new_run)[0]
+
+    @cached_property
+    def in_repeated_run(self) -> np.ndarray:
+        """True for every occurrence of an n-gram that occurs at least twice in its document."""
+        lengths = np.diff(np.append(self.run_starts, len(self.key)))
+        return np.repeat(lengths > 1, lengths)
 
     @cached_property
     def repeat(self) -> np.ndarray:

@@ -136,6 +136,23 @@ def test_thresholds_are_tunable() -> None:
     assert not rule("gopher_top_ngram").measure(TextBatch(repeated), lenient, Blocklists()).tripped[0]
 
 
+def test_ngram_passes_skip_positions_that_cannot_repeat_and_find_the_same_repeats() -> None:
+    """Each n-gram pass looks only where the (n-1)-gram pass found repeats; the figures the rules read
+    (top and covered characters) equal those of a full pass over every position."""
+    texts = generate_web(300, seed=5).table.column("text")
+    chained = TextBatch(texts)
+    words = chained.normalised_words
+    for n in range(2, 11):
+        pruned = chained.ngram_runs(n)
+        full = TextBatch(texts).ngram_runs(n)  # a fresh batch: no earlier pass to prune with
+        assert (pruned.top_chars(chained.n) == full.top_chars(chained.n)).all(), n
+        covered = [r.covered_chars(words.lengths, chained.n, words.doc) for r in (pruned, full)]
+        assert (covered[0] == covered[1]).all(), n
+        assert sorted(pruned.position[pruned.repeat]) == sorted(full.position[full.repeat]), n
+        if n > 2:
+            assert len(pruned.key) < len(full.key), n
+
+
 def test_empty_and_null_texts_are_measured_without_errors() -> None:
     checker = HeuristicChecker(HeuristicsParams(), Blocklists())
     reasons, details = checker.check(TextBatch(pa.array(["", None, "   \n\n  "], pa.string())))
