@@ -266,7 +266,7 @@ def c4_clean_lines(texts: pa.Array | pa.ChunkedArray, min_line_words: int) -> Cl
     offsets = np.concatenate([[0], np.cumsum(np.bincount(raw.doc[keep], minlength=tb.n))])
     kept = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), raw.values.filter(pa.array(keep)))
     rewritten = pc.utf8_trim_whitespace(
-        pc.replace_substring_regex(pc.binary_join(kept, "\n"), _BLANK_RUN, "\n\n")
+        pc.replace_substring_regex(pc.binary_join(kept, pa.scalar("\n", raw.values.type)), _BLANK_RUN, "\n\n")
     )
     original = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     text = pc.if_else(pa.array(removed > 0), rewritten, original)

@@ -191,6 +191,9 @@ def test_c4_line_cleaning_removes_the_lines_c4_removed_and_keeps_paragraphs() ->
     # A document that loses no line comes back byte for byte, trailing space included.
     assert cleaned.text.to_pylist()[1:] == [GOOD, "Too short to matter. Only two. ", None, ""]
     assert cleaned.sentences.tolist() == [6, 6, 2, 0, 0]
+    # Shards may hold large_string text; the rewritten column keeps its type.
+    large = c4_clean_lines(pa.array([page], pa.large_string()), min_line_words=5).text
+    assert large.type == pa.large_string() and large.to_pylist() == [cleaned.text[0].as_py()]
     # Lines are measured stripped; the word bound is tunable.
     assert c4_clean_lines(pa.array(["  Share this.  \nAnd one more line."]), 3).text[0].as_py() == (
         "And one more line."
