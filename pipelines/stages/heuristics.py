@@ -234,15 +234,14 @@ class Heuristics(Stage):
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         dropped: Counter[str] = Counter()
         tripped: Counter[str] = Counter()
+        lines: Counter[str] = Counter()
         for r in records:
             if r.counts is not None:
                 dropped.update(r.counts.dropped)
             tripped.update(r.extra.get("tripped", {}))
+            lines.update(r.extra.get("c4_lines", {}))
         rules = list(self.params.active_rules())
         rules = ["c4_lines", *rules] if self.params.c4_lines else rules
-        lines: Counter[str] = Counter()
-        for r in records:
-            lines.update(r.extra.get("c4_lines", {}))
         return {
             "rules": rules,
             "dropped_by_rule": {name: dropped.get(name, 0) for name in rules},
