@@ -86,20 +86,6 @@ def path_digest(path: Path) -> str:
     return value_digest([(str(p.relative_to(path)), file_digest(p)) for p in files])
 
 
-def column_flags(params: StageParams) -> dict[str, str]:
-    """Column name -> the option that names it (`text` -> `--text-column`), for a missing-column error
-    that says which option to pass; any param named `*_column` or `*_columns` counts."""
-    flags: dict[str, str] = {}
-    for name, value in params:
-        if not name.endswith(("_column", "_columns")):
-            continue
-        flag = "--" + name.replace("_", "-")
-        for column in value if isinstance(value, list) else [value]:
-            if isinstance(column, str):
-                flags.setdefault(column, flag)
-    return flags
-
-
 def plan_stage(
     stage_name: str, params: StageParams | dict[str, Any], input_path: Path, output: Path, seed: int = 0
 ) -> tuple[Plan, bool]:
@@ -113,7 +99,7 @@ def plan_stage(
     if cls.input_kind == "shards":
         probe = cls(params, StageContext(input_path, output, seed))
         shard_set = ShardSet.open(
-            input_path, probe.required_columns(), probe.string_columns(), column_flags(params)
+            input_path, probe.required_columns(), probe.string_columns(), params.column_flags()
         )
     stage = cls(params, StageContext(input_path, output, seed, shard_set))
     files = _input_files(stage)

@@ -30,6 +30,19 @@ class StageParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def column_flags(self) -> dict[str, str]:
+        """Column name -> the option that names it (`text` -> `--text-column`), for a missing-column
+        error that says which option to pass; any param named `*_column` or `*_columns` counts."""
+        flags: dict[str, str] = {}
+        for name, value in self:
+            if not name.endswith(("_column", "_columns")):
+                continue
+            flag = "--" + name.replace("_", "-")
+            for column in value if isinstance(value, list) else [value]:
+                if isinstance(column, str):
+                    flags.setdefault(column, flag)
+        return flags
+
 
 @dataclass(frozen=True)
 class TaskSpec:

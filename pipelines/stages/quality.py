@@ -132,7 +132,12 @@ class QualityTrain(Stage):
     def _negative_set(self) -> ShardSet | None:
         if self.params.negative is None:
             return None
-        return ShardSet.open(Path(self.params.negative), self.required_columns(), self.string_columns())
+        return ShardSet.open(
+            Path(self.params.negative),
+            self.required_columns(),
+            self.string_columns(),
+            self.params.column_flags(),
+        )
 
     def side_inputs(self) -> list[Path]:
         p = self.params

@@ -117,7 +117,12 @@ class LESSSelect(_InstructionStage):
 
     # -- plan ----------------------------------------------------------------------------------------------
     def _target_set(self) -> ShardSet:
-        return ShardSet.open(Path(self.params.target), self.required_columns(), self.string_columns())
+        return ShardSet.open(
+            Path(self.params.target),
+            self.required_columns(),
+            self.string_columns(),
+            self.params.column_flags(),
+        )
 
     def side_inputs(self) -> list[Path]:
         return [

@@ -659,7 +659,12 @@ class Necessity(_InstructionStage):
     params: NecessityParams
 
     def _seed_set(self) -> ShardSet:
-        return ShardSet.open(Path(self.params.seed_set), self.required_columns(), self.string_columns())
+        return ShardSet.open(
+            Path(self.params.seed_set),
+            self.required_columns(),
+            self.string_columns(),
+            self.params.column_flags(),
+        )
 
     def side_inputs(self) -> list[Path]:
         p = self.params
