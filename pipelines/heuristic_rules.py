@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from thresher.pipelines.errors import UsageError
 from thresher.pipelines.text_views import Pieces, TextBatch
+from thresher.pipelines.textnorm import separator
 
 if TYPE_CHECKING:
     from thresher.pipelines.stages.heuristics import HeuristicsParams
@@ -266,7 +267,7 @@ def c4_clean_lines(texts: pa.Array | pa.ChunkedArray, min_line_words: int) -> Cl
     offsets = np.concatenate([[0], np.cumsum(np.bincount(raw.doc[keep], minlength=tb.n))])
     kept = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), raw.values.filter(pa.array(keep)))
     rewritten = pc.utf8_trim_whitespace(
-        pc.replace_substring_regex(pc.binary_join(kept, pa.scalar("\n", raw.values.type)), _BLANK_RUN, "\n\n")
+        pc.replace_substring_regex(pc.binary_join(kept, separator("\n", raw.values.type)), _BLANK_RUN, "\n\n")
     )
     original = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     text = pc.if_else(pa.array(removed > 0), rewritten, original)
@@ -331,7 +332,9 @@ def word_blocklist(tb: TextBatch, p: HeuristicsParams, lists: Blocklists) -> Rul
         pattern = (
             r"(?:^|[^\pL\pN])(" + "|".join(_re2_escape(ph) for ph in lists.phrases) + r")(?:$|[^\pL\pN])"
         )
-        normal = pc.binary_join(pc.utf8_split_whitespace(pc.utf8_lower(tb.text)), " ")
+        normal = pc.binary_join(
+            pc.utf8_split_whitespace(pc.utf8_lower(tb.text)), separator(" ", tb.text.type)
+        )
         hits = pc.match_substring_regex(normal, pattern).to_numpy(zero_copy_only=False)
         # Arrow's RE2 says which documents match; Python's re names the phrase for the few that do.
         named = re.compile(r"(?<![^\W_])(" + "|".join(re.escape(ph) for ph in lists.phrases) + r")(?![^\W_])")

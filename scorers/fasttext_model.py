@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thresher.pipelines.errors import ThresherError, UsageError
+from thresher.pipelines.textnorm import separator
 
 LABEL_PREFIX = "__label__"
 MODEL_FILE = "model.bin"  # what `thresher quality train` writes into its output folder
@@ -49,7 +50,9 @@ def fasttext_lines(texts: pa.Array | pa.ChunkedArray) -> list[str]:
     each line ends in "\\n", as fastText's own predict and training files do, so the end-of-line token it
     learned in training is there at prediction time too."""
     texts = pc.replace_substring(pc.fill_null(texts, ""), "\n", " ")
-    return pc.binary_join_element_wise(texts, "", "\n").to_pylist()
+    return pc.binary_join_element_wise(
+        texts, separator("", texts.type), separator("\n", texts.type)
+    ).to_pylist()
 
 
 def training_line(label: str, text_line: str) -> str:

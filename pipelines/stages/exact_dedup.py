@@ -24,7 +24,7 @@ from thresher.pipelines.manifest import TaskRecord
 from thresher.pipelines.mapping import BatchOutcome, map_shard
 from thresher.pipelines.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
-from thresher.pipelines.textnorm import normalise
+from thresher.pipelines.textnorm import normalise, separator
 
 DECISION_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("dup_of", pa.string())])
 REASON = "exact_duplicate"
@@ -67,10 +67,14 @@ class ExactDedup(Stage):
         columns = [normalise(batch.column(c), self.params.lowercase) for c in self._key_columns()]
         if len(columns) == 1:
             return columns[0]
+        # One string type for the join: a shard may mix string and large_string columns.
+        wide = any(pa.types.is_large_string(c.type) for c in columns)
+        kind = pa.large_string() if wide else pa.string()
+        columns = [c.cast(kind) for c in columns]
         # All columns empty is an empty key (never a duplicate), as for a single column.
         lengths = [pc.utf8_length(c) for c in columns]
         empty = pc.equal(pc.max_element_wise(*lengths), 0)
-        return pc.if_else(empty, "", pc.binary_join_element_wise(*columns, "\x1f"))
+        return pc.if_else(empty, "", pc.binary_join_element_wise(*columns, separator("\x1f", kind)))
 
     def _n_buckets(self) -> int:
         assert self.ctx.input is not None

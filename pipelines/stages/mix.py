@@ -44,6 +44,7 @@ from thresher.pipelines.manifest import FileRecord, TaskRecord
 from thresher.pipelines.mapping import BatchOutcome, map_shard
 from thresher.pipelines.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.textnorm import separator
 
 log = logging.getLogger("thresher")
 
@@ -404,7 +405,8 @@ class Mix(Stage):
             kept = pa.Table.from_batches([batch]).take(pa.array(take, pa.int64()))
             ids = kept.column(ID_COLUMN)
             if (copy > 0).any():
-                suffixed = pc.binary_join_element_wise(ids, pa.array(copy.astype(str)), "#")
+                numbers = pa.array(copy.astype(str), ids.type)
+                suffixed = pc.binary_join_element_wise(ids, numbers, separator("#", ids.type))
                 ids = pc.if_else(pa.array(copy > 0), suffixed, ids)
                 kept = kept.set_column(kept.schema.get_field_index(ID_COLUMN), ID_COLUMN, ids)
             kept = kept.append_column(COPY_COLUMN, pa.array(copy, pa.int32()))
