@@ -2,9 +2,53 @@
 
 Each rule measures one figure per document over a whole batch (vectorised, see `text_views`) and says
 which documents trip it. Thresholds default to the values of the Gopher paper (Rae et al. 2021, appendix
-A) and the C4 paper (Raffel et al. 2020), adapted to document level: C4 removed offending lines, here a
-document is dropped when too many of its lines offend. `c4_clean_lines` does what C4 did instead: it
-removes those lines and the stage drops documents left with too few sentences (`--c4-lines`).
+A.1.1: the quality filters in its text, the repetition limits in its Table A1) and the C4 paper (Raffel et
+al. 2020, section 2.2), adapted to document level: C4 removed offending lines, here a document is dropped
+when too many of its lines offend. `c4_clean_lines` does what C4 did instead: it removes those lines and
+the stage drops documents left with too few sentences (`--c4-lines`).
+
+Words are split on whitespace; "normalised" words are lowercased with punctuation trimmed from both ends
+(see `text_views`). Lines and paragraphs are counted stripped, blank ones left out. The rules, in the
+order a document's drop reason is chosen, and when each drops a document at its default threshold (every
+threshold is an option of the stage):
+
+Gopher quality filters (appendix A.1.1)
+  gopher_word_count           fewer than 50 or more than 100,000 words
+  gopher_mean_word_length     mean normalised word length outside 3..10 characters
+  gopher_hash_ratio           more than 0.1 '#' per word
+  gopher_ellipsis_ratio       more than 0.1 ellipses ('...' or U+2026) per word
+  gopher_bullet_lines         more than 90% of lines start with a bullet or dash
+  gopher_ellipsis_lines       more than 30% of lines end in an ellipsis
+  gopher_alpha_words          fewer than 80% of words contain a letter
+  gopher_stop_words           fewer than 2 distinct words of: the, be, to, of, and, that, have, with
+                              (normalised words, so case does not matter)
+Gopher repetition filters (Table A1)
+  gopher_dup_lines            more than 30% of lines repeat an earlier line
+  gopher_dup_line_chars       more than 20% of characters are in repeated lines
+  gopher_dup_paragraphs       more than 30% of paragraphs repeat an earlier paragraph
+  gopher_dup_paragraph_chars  more than 20% of characters are in repeated paragraphs
+  gopher_top_ngram            the most repeated word 2-, 3-, 4-gram covers more than 20%, 18%, 16% of
+                              the characters of the normalised words
+  gopher_dup_ngram            repeated word 5- .. 10-grams cover more than 15%, 14%, 13%, 12%, 11%, 10%
+C4 (section 2.2; the line rules are thresher's document-level reading, hence its own 10% limits)
+  c4_lines                    with `--c4-lines` only, before every other rule: fewer than 3 sentences
+                              left once the lines C4 removed are gone (see `c4_clean_lines`; lines of
+                              fewer than 5 words go)
+  c4_terminal_punct           fewer than 10% of lines end in terminal punctuation: C4's . ! ? and ",
+                              the closing quotes ' U+201D U+2019 U+00BB, the ellipsis U+2026, and the
+                              CJK stops U+3002 U+FF01 U+FF1F; not ')'
+  c4_lorem_ipsum              'lorem ipsum' occurs (any case)
+  c4_curly_bracket            '{' occurs (code residue)
+  c4_javascript_cookie        more than 10% of lines mention javascript, cookies or site policies
+                              (`_JAVASCRIPT_COOKIE`)
+Blocklists (only with their files)
+  word_blocklist              a listed word or phrase occurs (whole words, any case)
+  url_blocklist               the URL's host is a listed domain or one of its subdomains
+
+The group names gopher, c4 and blocklist stand for their rules, and gopher_symbol_ratio for the hash
+and ellipsis rules (one filter in the paper); gopher and c4 are on by default, with or without
+`--c4-lines`. With `--c4-lines` the rules measure the cleaned text, so, as in C4's code, only a
+brace or 'lorem ipsum' on a line the cleaning kept drops the page.
 """
 
 from __future__ import annotations
@@ -31,8 +75,10 @@ GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 # Bullets, dashes (hyphen, en dash) and arrows that start list lines; escapes keep look-alikes readable.
 _BULLET = "^[\u2022\u2023\u25e6\u25aa\u25cf\u25cb\u25a0\u25a1\u27a2\u25ba*\\-\u2013]"
 _ELLIPSIS = r"(\.\.\.|…)$"
-# . ! ? quotes, closing bracket, ellipsis, and the ideographic/fullwidth stops.
-_TERMINAL = "[.!?\"'\u201d\u2019\u00bb)\u2026\u3002\uff01\uff1f]$"
+# What ends a line as terminal punctuation: C4's . ! ? and '"', the other closing quotes (' \u201d \u2019
+# \u00bb), the ellipsis character, and the ideographic/fullwidth stops for CJK text. Not ')': C4 did not
+# take a line ending in a bracket for a sentence, and menus and captions often do.
+_TERMINAL = "[.!?\"'\u201d\u2019\u00bb\u2026\u3002\uff01\uff1f]$"
 _JAVASCRIPT_COOKIE = (
     r"(?i)javascript|cookie policy|use of cookies|uses cookies|use cookies|accept (all )?cookies"
     r"|privacy policy|terms of (use|service)"
@@ -84,10 +130,17 @@ def mean_word_length(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleO
     )
 
 
-def symbol_ratio(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
-    symbols = tb.count("#") + tb.count("...") + tb.count("…")
-    ratio = _fraction(symbols.astype(np.float64), tb.n_words)
-    return RuleOutcome(ratio > p.max_symbol_word_ratio, ratio, f"symbols/word > {p.max_symbol_word_ratio:g}")
+def hash_ratio(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
+    ratio = _fraction(tb.count("#").astype(np.float64), tb.n_words)
+    return RuleOutcome(ratio > p.max_symbol_word_ratio, ratio, f"'#' per word > {p.max_symbol_word_ratio:g}")
+
+
+def ellipsis_ratio(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
+    ellipses = tb.count("...") + tb.count("\u2026")
+    ratio = _fraction(ellipses.astype(np.float64), tb.n_words)
+    return RuleOutcome(
+        ratio > p.max_symbol_word_ratio, ratio, f"ellipses per word > {p.max_symbol_word_ratio:g}"
+    )
 
 
 def bullet_lines(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
@@ -111,10 +164,18 @@ def alpha_words(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcom
 
 
 def stop_words(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
+    """Distinct stop words per document: Gopher asks for two of the eight, so one short word repeated
+    (a Polish page's "to", navigation's "Jump to") is not English prose. The words are lowercased, which
+    for these ASCII words is the same as case folding."""
     words = tb.normalised_words
-    hits = pc.is_in(words.values, pa.array(GOPHER_STOP_WORDS)).to_numpy(zero_copy_only=False)
-    count = words.per_doc(hits.astype(float), tb.n)
-    return RuleOutcome(count < p.min_stop_words, count, f"stop words < {p.min_stop_words}")
+    which = pc.fill_null(pc.index_in(words.values, pa.array(GOPHER_STOP_WORDS)), -1)
+    which = which.to_numpy(zero_copy_only=False)
+    hit = which >= 0
+    # A document-by-stop-word table of "seen" marks: linear, where a unique over (doc, word) pairs sorts.
+    seen = np.zeros((tb.n, len(GOPHER_STOP_WORDS)), dtype=bool)
+    seen[words.doc[hit], which[hit]] = True
+    distinct = seen.sum(axis=1)
+    return RuleOutcome(distinct < p.min_stop_words, distinct, f"distinct stop words < {p.min_stop_words}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,6 +274,13 @@ def lorem_ipsum(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcom
     return RuleOutcome(found, ["'lorem ipsum'"] * tb.n, "found")
 
 
+def curly_bracket(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
+    # C4: '{' is common in code (JavaScript above all on the web) and rare in prose. A regex, because RE2
+    # finds one rare character with memchr, many times faster than Arrow's plain substring match.
+    found = pc.match_substring_regex(tb.text, r"\{").to_numpy(zero_copy_only=False)
+    return RuleOutcome(found, ["'{'"] * tb.n, "found")
+
+
 def javascript_cookie(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
     lines = tb.lines
     hits = lines.per_doc(lines.matches(_JAVASCRIPT_COOKIE).astype(float), tb.n)
@@ -240,7 +308,9 @@ class CleanedLines:
 
 
 # A run of terminal marks, then any closing quotes or brackets, then whitespace or the end of the text.
-_SENTENCE_END = "[.!?\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019\u00bb)]*(?:\\s|$)"
+# RE2's \s is ASCII only (and leaves out \v), so Unicode's White_Space is spelled out: the ASCII controls,
+# NEL, and the separators \pZ (no-break space, the thin and ideographic spaces, line/paragraph separators).
+_SENTENCE_END = "[.!?\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019\u00bb)]*(?:[\\t\\n\\v\\f\\r\\x{85}\\pZ]|$)"
 _BLANK_RUN = r"\n(?:[ \t\r\f\v]*\n){2,}"
 
 
@@ -382,7 +452,8 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule("gopher_word_count", "gopher", word_count, "word count outside --min-words..--max-words"),
     Rule("gopher_mean_word_length", "gopher", mean_word_length, "mean word length out of bounds"),
-    Rule("gopher_symbol_ratio", "gopher", symbol_ratio, "too many '#' and '...' per word"),
+    Rule("gopher_hash_ratio", "gopher", hash_ratio, "too many '#' per word"),
+    Rule("gopher_ellipsis_ratio", "gopher", ellipsis_ratio, "too many ellipses per word"),
     Rule("gopher_bullet_lines", "gopher", bullet_lines, "too many lines start with a bullet"),
     Rule("gopher_ellipsis_lines", "gopher", ellipsis_lines, "too many lines end in an ellipsis"),
     Rule("gopher_alpha_words", "gopher", alpha_words, "too few words contain a letter"),
@@ -397,12 +468,15 @@ RULES: tuple[Rule, ...] = (
     Rule("gopher_dup_ngram", "gopher", dup_ngram, "repeated word 5..10-grams cover too much of the text"),
     Rule("c4_terminal_punct", "c4", terminal_punct, "too few lines end in terminal punctuation"),
     Rule("c4_lorem_ipsum", "c4", lorem_ipsum, "contains 'lorem ipsum'"),
+    Rule("c4_curly_bracket", "c4", curly_bracket, "contains '{' (code)"),
     Rule("c4_javascript_cookie", "c4", javascript_cookie, "too many javascript/cookie/policy lines"),
     Rule("word_blocklist", "blocklist", word_blocklist, "a word or phrase from --word-blocklist"),
     Rule("url_blocklist", "blocklist", url_blocklist, "url on a domain from --url-blocklist"),
 )
 RULE_NAMES = tuple(r.name for r in RULES)
 GROUPS = {group: tuple(r.name for r in RULES if r.group == group) for group in ("gopher", "c4", "blocklist")}
+# Gopher's one symbol-to-word filter, checked as two rules; also the name that rule had before the split.
+GROUPS["gopher_symbol_ratio"] = ("gopher_hash_ratio", "gopher_ellipsis_ratio")
 DEFAULT_RULES = ("gopher", "c4")
 
 

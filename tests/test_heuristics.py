@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,7 +40,8 @@ STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}
 TRIPS = {
     "gopher_word_count": "The harvest came late this year.",
     "gopher_mean_word_length": " ".join(f"incomprehensibilities{i}" for i in range(60)) + ".",
-    "gopher_symbol_ratio": GOOD + " #" * 30,
+    "gopher_hash_ratio": GOOD + " #" * 30,
+    "gopher_ellipsis_ratio": GOOD + " ..." * 20,
     "gopher_bullet_lines": "\n".join(f"- {s}" for s in SENTENCES),
     "gopher_ellipsis_lines": "\n".join(f"{s} ..." for s in SENTENCES),
     "gopher_alpha_words": GOOD + " " + " ".join(str(n) for n in range(1000, 1100)),
@@ -50,6 +54,7 @@ TRIPS = {
     "gopher_dup_ngram": GOOD + " " + " ".join([SENTENCES[0] + "."] * 3),
     "c4_terminal_punct": "\n".join(w for w in GOOD.replace(".", "").split(", ")),
     "c4_lorem_ipsum": GOOD + " Lorem ipsum dolor sit amet.",
+    "c4_curly_bracket": GOOD + " In C, a block is written { like this }.",
     "c4_javascript_cookie": "Please enable JavaScript to view this page.\nWe use cookies on this site.\n"
     + GOOD.replace("\n\n", "\n"),
     "word_blocklist": GOOD + " It was a scam, some said.",
@@ -120,7 +125,14 @@ def test_drop_reason_is_the_first_rule_in_catalogue_order() -> None:
 
 
 def test_rule_groups_expand_and_unknown_rules_are_rejected() -> None:
-    assert expand_rules(["c4"]) == ("c4_terminal_punct", "c4_lorem_ipsum", "c4_javascript_cookie")
+    assert expand_rules(["c4"]) == (
+        "c4_terminal_punct",
+        "c4_lorem_ipsum",
+        "c4_curly_bracket",
+        "c4_javascript_cookie",
+    )
+    # The paper's one symbol-to-word filter, and the rule name before it was split in two.
+    assert expand_rules(["gopher_symbol_ratio"]) == ("gopher_hash_ratio", "gopher_ellipsis_ratio")
     assert expand_rules(["c4_lorem_ipsum", "gopher_word_count"]) == ("gopher_word_count", "c4_lorem_ipsum")
     with pytest.raises(ValueError, match="unknown rule 'gopher_magic'"):
         HeuristicsParams(rules=["gopher_magic"])
@@ -158,6 +170,173 @@ def test_empty_and_null_texts_are_measured_without_errors() -> None:
     reasons, details = checker.check(TextBatch(pa.array(["", None, "   \n\n  "], pa.string())))
     assert reasons == ["gopher_word_count"] * 3
     assert details[0] == "0 words, outside 50..100000"
+
+
+def test_stop_words_are_counted_once_each_and_case_folded() -> None:
+    bare = " ".join(w for w in GOOD.split() if w.lower().strip(".,") not in STOP)
+    # A page in another language passes no English filter on one short word, however often it occurs.
+    texts = [bare + " to" * 38, bare + " The THE to", bare + " TO tO To."]
+    outcome = rule("gopher_stop_words").measure(TextBatch(pa.array(texts)), HeuristicsParams(), Blocklists())
+    assert outcome.value.tolist() == [1, 2, 1]
+    assert outcome.tripped.tolist() == [True, False, True]
+    assert outcome.detail(0) == "1 distinct stop words < 2"
+
+
+def test_hash_and_ellipsis_ratios_are_each_held_to_the_limit() -> None:
+    plain = ["word"] * 88
+    texts = [
+        " ".join(plain + ["#"] * 6 + ["..."] * 6),  # 0.06 each: under the limit, though 0.12 together
+        " ".join(plain + ["#tag"] * 12),
+        " ".join(plain + ["\u2026"] * 6 + ["wait..."] * 6),  # both ways of writing an ellipsis count
+    ]
+    tb = TextBatch(pa.array(texts))
+    hashes = rule("gopher_hash_ratio").measure(tb, HeuristicsParams(), Blocklists())
+    ellipses = rule("gopher_ellipsis_ratio").measure(tb, HeuristicsParams(), Blocklists())
+    assert hashes.value.tolist() == pytest.approx([0.06, 0.12, 0.0])
+    assert ellipses.value.tolist() == pytest.approx([0.06, 0.0, 0.12])
+    assert hashes.tripped.tolist() == [False, True, False]
+    assert ellipses.tripped.tolist() == [False, False, True]
+    checker = HeuristicChecker(HeuristicsParams(rules=["gopher_symbol_ratio"]), Blocklists())
+    reasons, details = checker.check(tb)
+    assert reasons == [None, "gopher_hash_ratio", "gopher_ellipsis_ratio"]
+    assert details[1] == "0.12 '#' per word > 0.1"
+
+
+def test_c4_curly_bracket_drops_a_page_with_a_brace_and_is_on_by_default() -> None:
+    code = GOOD + "\n\nIn C, the body of int f(void) { return 1; } is a block of one statement."
+    checker = HeuristicChecker(HeuristicsParams(), Blocklists())
+    reasons, details = checker.check(TextBatch(pa.array([GOOD, code])))
+    assert reasons == [None, "c4_curly_bracket"]
+    assert details[1] == "'{' found"
+    # With --c4-lines the rules see what the cleaning kept, as in C4, where only a kept line's brace
+    # dropped the page: a code line without terminal punctuation goes, and its page stays.
+    config = GOOD + "\nvar config = {debug: false};"
+    checker = HeuristicChecker(HeuristicsParams(c4_lines=True), Blocklists())
+    texts, short = checker.clean_lines(pa.array([code, config]))
+    reasons, _ = checker.check(TextBatch(texts), short)
+    assert reasons == ["c4_curly_bracket", None]
+
+
+def test_a_closing_bracket_does_not_end_a_line() -> None:
+    terminal = [".", "!", "?", '"', "'", "\u201d", "\u2019", "\u00bb", "\u2026", "\u3002", "\uff01", "\uff1f"]
+    other = [")", "]", ";", ":", ",", "-"]
+    texts = [f"the line ends here{mark}" for mark in terminal + other]
+    outcome = rule("c4_terminal_punct").measure(TextBatch(pa.array(texts)), HeuristicsParams(), Blocklists())
+    assert outcome.value.tolist() == [1.0] * len(terminal) + [0.0] * len(other)
+    page = "Prices are listed on the back page (in euros)\nPrices are listed on the back page."
+    assert c4_clean_lines(pa.array([page]), 5).text.to_pylist() == ["Prices are listed on the back page."]
+
+
+def test_unicode_whitespace_after_a_stop_ends_a_sentence() -> None:
+    texts = [
+        "One.\xa0Two. Three.",
+        "One.\u2009Two.\u3000Three.",
+        "One.\u202fTwo.\u2028Three.",
+        "One.\x0bTwo.\x85Three.",
+        "Pi is 3.14 or so.",
+        "Dr.Who? Yes.",
+    ]
+    assert c4_clean_lines(pa.array(texts), 0).sentences.tolist() == [3, 3, 3, 3, 1, 2]
+
+
+# Independent restatements of the rules' figures, in plain Python, for the test below.
+_EDGE = string.punctuation + "\u00ab\u00bb\u2018\u2019\u201c\u201d\u201e\u2026\u2013\u2014\u00a1\u00bf\u00b7"
+_BULLETS = tuple("\u2022\u2023\u25e6\u25aa\u25cf\u25cb\u25a0\u25a1\u27a2\u25ba*-\u2013")
+_TERMINAL = tuple(".!?\"'\u201d\u2019\u00bb\u2026\u3002\uff01\uff1f")
+_NOTICE = re.compile(
+    r"javascript|cookie policy|use of cookies|uses cookies|use cookies|accept (all )?cookies"
+    r"|privacy policy|terms of (use|service)",
+    re.IGNORECASE,
+)
+_STOPS = re.compile(r"[.!?\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019\u00bb)]*(?=\s|$)")
+
+
+def _repeated_share(pieces: list[str], text: str) -> tuple[float, float]:
+    """Share of the pieces equal to an earlier one, and share of the text's characters in those."""
+    seen: set[str] = set()
+    count = chars = 0
+    for piece in pieces:
+        if piece in seen:
+            count, chars = count + 1, chars + len(piece)
+        seen.add(piece)
+    return count / len(pieces), chars / len(text)
+
+
+def _plain_figures(text: str) -> dict[str, float]:
+    words = text.split()
+    norm = [w for w in (w.lower().strip(_EDGE) for w in words) if w]
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    paras = [p.strip() for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+    dup_lines, dup_line_chars = _repeated_share(lines, text)
+    dup_paragraphs, dup_paragraph_chars = _repeated_share(paras, text)
+    return {
+        "gopher_word_count": len(words),
+        "gopher_mean_word_length": sum(map(len, norm)) / len(norm),
+        "gopher_hash_ratio": text.count("#") / len(words),
+        "gopher_ellipsis_ratio": (text.count("...") + text.count("\u2026")) / len(words),
+        "gopher_bullet_lines": sum(line.startswith(_BULLETS) for line in lines) / len(lines),
+        "gopher_ellipsis_lines": sum(line.endswith(("...", "\u2026")) for line in lines) / len(lines),
+        "gopher_alpha_words": sum(any(c.isalpha() for c in w) for w in words) / len(words),
+        "gopher_stop_words": len({w.casefold() for w in norm} & STOP),
+        "gopher_dup_lines": dup_lines,
+        "gopher_dup_line_chars": dup_line_chars,
+        "gopher_dup_paragraphs": dup_paragraphs,
+        "gopher_dup_paragraph_chars": dup_paragraph_chars,
+        "c4_terminal_punct": sum(line.endswith(_TERMINAL) for line in lines) / len(lines),
+        "c4_javascript_cookie": sum(bool(_NOTICE.search(line)) for line in lines) / len(lines),
+    }
+
+
+def _plain_top_ngram_share(norm: list[str], n: int) -> float:
+    """Characters in every occurrence of the most repeated n-gram, over all characters of the words."""
+    grams = Counter(tuple(norm[i : i + n]) for i in range(len(norm) - n + 1))
+    top = max((count * sum(map(len, g)) for g, count in grams.items() if count > 1), default=0)
+    return top / sum(map(len, norm))
+
+
+def _plain_dup_ngram_share(norm: list[str], n: int) -> float:
+    """Characters of the words inside an n-gram occurrence that repeats an earlier one."""
+    seen: set[tuple[str, ...]] = set()
+    covered = [False] * len(norm)
+    for i in range(len(norm) - n + 1):
+        gram = tuple(norm[i : i + n])
+        if gram in seen:
+            covered[i : i + n] = [True] * n
+        seen.add(gram)
+    return sum(len(w) for w, c in zip(norm, covered, strict=True) if c) / sum(map(len, norm))
+
+
+FIGURE_DOCS = [
+    GOOD,
+    "# Menu\n- Home\n- News ...\n- News ...\n\n"
+    "The BEST deals\u2026 #sale #today\n\nThe BEST deals\u2026 #sale #today\n\n1234 5678 and more to come.",
+    "\u00abQuoted\u00bb words \u2014 and dashes.\u00a0Next sentence here!\n\u4ed6\u8bf4\u3002\n"
+    "This site uses cookies (see our privacy policy)\n'Single' quotes end here'",
+    GOOD + " Cheap flights to Rome, cheap flights to Rome!" * 4 + "\nWith THE best of them.",
+]
+
+
+def test_rule_figures_equal_a_plain_python_recount() -> None:
+    tb = TextBatch(pa.array(FIGURE_DOCS))
+    expected = [_plain_figures(text) for text in FIGURE_DOCS]
+    for name in expected[0]:
+        outcome = rule(name).measure(tb, HeuristicsParams(), Blocklists())
+        assert outcome.value.tolist() == pytest.approx([e[name] for e in expected]), name
+    norms = [[w for w in (w.lower().strip(_EDGE) for w in t.split()) if w] for t in FIGURE_DOCS]
+    for n in range(2, 11):  # in increasing n, as the rules build them
+        runs = tb.ngram_runs(n)
+        if n <= 4:
+            share = runs.top_chars(tb.n) / tb.normalised_chars
+            assert share.tolist() == pytest.approx([_plain_top_ngram_share(w, n) for w in norms]), n
+        else:
+            words = tb.normalised_words
+            share = runs.covered_chars(words.lengths, tb.n, words.doc) / tb.normalised_chars
+            assert share.tolist() == pytest.approx([_plain_dup_ngram_share(w, n) for w in norms]), n
+    braces = rule("c4_curly_bracket").measure(tb, HeuristicsParams(), Blocklists())
+    assert braces.tripped.tolist() == ["{" in t for t in FIGURE_DOCS]
+    cleaned = c4_clean_lines(pa.array(FIGURE_DOCS), 0)
+    assert cleaned.sentences.tolist() == [len(_STOPS.findall(t)) for t in cleaned.text.to_pylist()]
+    assert (cleaned.sentences > 0).all()
 
 
 # ---------------------------------------------------------------------------------------------------------

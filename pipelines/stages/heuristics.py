@@ -2,7 +2,8 @@
 
 A map stage: every shard is streamed in batches, each rule measures the whole batch at once, and a dropped
 document's `_dropped/` row names the first rule it tripped (in catalogue order) with the measured figure.
-The manifest counts drops per rule, and also how many documents tripped each rule at all.
+The manifest counts drops per rule, and also how many documents tripped each rule at all. Every rule, its
+source (the Gopher or the C4 paper) and its default threshold are listed in `heuristic_rules`.
 
 With `--c4-lines` the stage first rewrites documents the way C4 did (offending lines removed, see
 `heuristic_rules.c4_clean_lines`), drops those left with too few sentences under the reason `c4_lines`,
@@ -62,7 +63,10 @@ class HeuristicsParams(StageParams):
     min_mean_word_length: float = Field(3.0, ge=0, description="gopher_mean_word_length: lower bound.")
     max_mean_word_length: float = Field(10.0, ge=0, description="gopher_mean_word_length: upper bound.")
     max_symbol_word_ratio: float = Field(
-        0.1, ge=0, description="gopher_symbol_ratio: most ('#' + '...') per word."
+        0.1,
+        ge=0,
+        description="gopher_hash_ratio, gopher_ellipsis_ratio: most '#' per word, and most ellipses per word"
+        " ('...' or '\u2026'), each.",
     )
     max_bullet_lines: float = Field(0.9, ge=0, le=1, description="gopher_bullet_lines: most bulleted lines.")
     max_ellipsis_lines: float = Field(
@@ -71,7 +75,9 @@ class HeuristicsParams(StageParams):
     min_alpha_words: float = Field(
         0.8, ge=0, le=1, description="gopher_alpha_words: fewest words with a letter (share)."
     )
-    min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewest English stop words.")
+    min_stop_words: int = Field(
+        2, ge=0, description="gopher_stop_words: fewest distinct English stop words (of Gopher's eight)."
+    )
     max_dup_lines: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: most repeated lines.")
     max_dup_line_chars: float = Field(
         0.2, ge=0, le=1, description="gopher_dup_line_chars: most characters in repeated lines."
@@ -91,7 +97,11 @@ class HeuristicsParams(StageParams):
         description="gopher_dup_ngram: N:FRACTION, most characters covered by repeated word N-grams.",
     )
     min_terminal_punct_lines: float = Field(
-        0.1, ge=0, le=1, description="c4_terminal_punct: fewest lines ending in . ! ? or a quote (share)."
+        0.1,
+        ge=0,
+        le=1,
+        description="c4_terminal_punct: fewest lines ending in . ! ?, a closing quote, an ellipsis or a CJK"
+        " full stop (share).",
     )
     max_javascript_cookie_lines: float = Field(
         0.1, ge=0, le=1, description="c4_javascript_cookie: most lines about javascript/cookies/policies."
