@@ -7,7 +7,9 @@ length-sorted vs naive batching for `perplexity lm`.
 KenLM: trains a model with the real lmplz on the generator's clean prose (another seed), then times the
 stage (one worker, scores only, Parquet in and out) against the loop cc_net runs per document (normalise
 each line, sentencepiece, `model.score`) on the same texts; target: the stage within 1.25x of the loop.
-Also prints the bucket signal on the sample data: the share of clean vs spam/boilerplate docs in `head`.
+Also times buckets cut per group (`--group-column domain`, five domains: cc_net cuts per language the same
+way) and prints the bucket signal on the sample data: the share of clean vs spam/boilerplate docs in
+`head`.
 
 Causal LM: a randomly initialised GPT-2 (speed does not depend on the weights) at two context lengths,
 scored by the stage with windows sorted by length vs in document order, same batch size, one thread;
@@ -84,11 +86,18 @@ def bench_kenlm(work: Path, web: pa.Table, kinds: list[str], repeat: int) -> Non
     bucket_s, _ = timed(
         run_stage, "perplexity-kenlm", {"model": str(work / "kenlm")}, in_dir, work / "bucketed", workers=1
     )
+    grouped = {"model": str(work / "kenlm"), "group_column": "domain"}
+    group_s, _ = timed(run_stage, "perplexity-kenlm", grouped, in_dir, work / "grouped", workers=1)
     ours = pq.read_table(work / "scored")["kenlm_ppl"].to_numpy()
     assert np.allclose(ours, np.asarray(loop_ppl), rtol=1e-9), "stage and loop disagree"
     print(f"\nperplexity kenlm, {docs} docs, one worker (model and tokenizer load included in both):")
     print(f"  raw kenlm + sentencepiece loop   {docs / loop_s:9,.0f} docs/s")
-    for label, seconds in (("scores only", stage_s), ("scores + global buckets", bucket_s)):
+    runs = (
+        ("scores only", stage_s),
+        ("scores + global buckets", bucket_s),
+        ("scores + domain buckets", group_s),
+    )
+    for label, seconds in runs:
         print(
             f"  thresher, {label:23s}{docs / seconds:9,.0f} docs/s   {seconds / loop_s:.2f}x the loop's time"
         )

@@ -15,6 +15,11 @@ or LM would pick.
 - LESS precision: with a target set of one task type, the share of the selected top fraction that is of
   that task, next to its share of the pool.
 - examples/s: pool rows over the stage's wall time (model loading and warmup included).
+
+Both stages run with their defaults except where a tiny model needs otherwise (learning rates, LoRA rank,
+token limits, MoDS's answer length); so MoDS's second k-center pass keeps 3 x k necessary rows and
+LESS's warmup takes 128 examples per optimiser step, as in the papers. The last lines print what each run
+really used, from its manifest.
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ def main() -> None:
         mods_s = timed("select-mods", mods_params, pool_dir, work / "mods", args.workers)
         mods = read(work / "mods")
         stages = mods["mods_stage"].to_pylist()
+        mods_summary = json.loads((work / "mods" / "_manifest.json").read_text())["summary"]
 
         target = generate_instructions(300, seed=9)
         mask = np.array(target["task"].to_pylist()) == args.target_task
@@ -151,8 +157,17 @@ def main() -> None:
         wrong = ~correct
         print(f"\nquality step: removed {(~passed & wrong).sum()}/{wrong.sum()} wrong answers, "
               f"kept {(passed & correct).sum()}/{correct.sum()} correct ones")  # fmt: skip
-        print(f"MoDS: {stages.count('seed')} seed + {stages.count('necessity')} necessity rows")
-        print(f"LESS: gradient dim {summary['target']['gradient_dim']} -> {summary['target']['proj_dim']}, "
+        necessity, augment = mods_summary["necessity"], mods_summary["augment"]
+        augment_k = augment["k"] if augment else None
+        print(f"MoDS: {stages.count('seed')} seed + {stages.count('necessity')} necessity rows "
+              f"(of {necessity.get('necessary', 0)} necessary; second k-center pass k={augment_k}; "
+              f"{necessity['generation_truncated']}/{necessity['generated']} answers cut at "
+              f"{necessity['max_new_tokens_used']} tokens)")  # fmt: skip
+        warmup = summary["warmup"]
+        modules = ",".join(warmup["lora_target_modules"])
+        print(f"LESS: LoRA on {modules}, {warmup['warmup_rows']} warmup rows, "
+              f"{warmup['examples_per_step']} per step = {warmup['steps_per_epoch']} steps/epoch, "
+              f"gradient dim {summary['target']['gradient_dim']} -> {summary['target']['proj_dim']}, "
               f"failures {summary['failures']}")  # fmt: skip
 
 

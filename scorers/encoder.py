@@ -1,11 +1,17 @@
-"""Sentence embeddings from a local encoder model: the mean of the last hidden states over real tokens,
-L2-normalised (what sentence-transformers models such as all-MiniLM-L6-v2 are trained for, and what MoDS
-uses to place instructions before k-center greedy). Length-bucketed batches; bf16 on a GPU.
+"""Sentence embeddings from a local encoder model, L2-normalised, in length-bucketed batches (bf16 on a
+GPU). Two poolings of the last hidden states:
+
+- `mean` over the real tokens: what sentence-transformers models such as all-MiniLM-L6-v2 are trained
+  for, and thresher's default for placing instructions before k-center greedy;
+- `cls`, the first token's state: what MoDS uses (bert-base-uncased's [CLS] vector of the instruction,
+  at most 96 tokens). MoDS compares the raw vectors; here they are normalised too, so k-center distances
+  depend on direction only, whatever the pooling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -15,7 +21,13 @@ from thresher.scorers.torch_runtime import length_batches, load_pretrained, load
 
 class TextEncoder:
     def __init__(
-        self, model: str, *, device: DeviceName = "auto", batch_size: int = 64, max_length: int = 256
+        self,
+        model: str,
+        *,
+        device: DeviceName = "auto",
+        batch_size: int = 64,
+        max_length: int = 256,
+        pooling: Literal["mean", "cls"] = "mean",
     ) -> None:
         from transformers import AutoModel
 
@@ -27,6 +39,9 @@ class TextEncoder:
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = int(min(max_length, limit))
         self.batch_size = batch_size
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be mean or cls, not {pooling!r}")
+        self.pooling = pooling
 
     @property
     def dim(self) -> int:
@@ -55,7 +70,13 @@ class TextEncoder:
                 inputs = self.tokenizer.pad([rows[i] for i in batch], return_tensors="pt")
                 inputs = {k: v.to(self.placement.device) for k, v in inputs.items()}
                 hidden = self.model(**inputs).last_hidden_state.float()
-                mask = inputs["attention_mask"].unsqueeze(-1).float()
-                mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-                out[batch] = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
+                attention = inputs["attention_mask"]
+                if self.pooling == "cls":
+                    # The first real token ([CLS]), wherever the tokenizer puts the padding.
+                    first = attention.argmax(dim=1)
+                    pooled = hidden[torch.arange(len(first), device=first.device), first]
+                else:
+                    mask = attention.unsqueeze(-1).float()
+                    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+                out[batch] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return out

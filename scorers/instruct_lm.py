@@ -1,5 +1,5 @@
 """A causal LM as an instruction follower: one prompt format, completion-only loss, fine-tuning on
-(instruction, input, output) rows, and greedy answers to new instructions.
+(instruction, input, output) rows, and deterministic (greedy or beam-search) answers to new instructions.
 
 Used by MoDS's necessity step (fine-tune the proxy/base LM on the seed set, then answer the remaining
 instructions) and by LESS (the same encoding decides which tokens' loss the gradients come from).
@@ -7,6 +7,10 @@ instructions) and by LESS (the same encoding decides which tokens' loss the grad
 The prompt is Alpaca's layout. Loss and gradients count the answer tokens and the closing EOS only, never
 the prompt. Examples longer than `max_length` tokens keep their beginning; an example whose prompt alone
 fills `max_length` has no answer tokens left and is reported as such, never silently scored.
+
+Two losses: `batch_loss` is the mean over every answer token of a batch (what MoDS's fine-tuning step
+uses); `example_losses` is each example's own mean, what a trainer stepping one example at a time and
+accumulating gradients computes (LESS's warmup, and the per-example gradients of its features).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +61,14 @@ class Encoded:
         return [IGNORE] * self.prompt_tokens + self.ids[self.prompt_tokens :]
 
 
+@dataclass
+class Generations:
+    texts: list[str]
+    # True where the answer reached the new-token limit before the model's EOS: cut, not finished.
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    new_token_limits: list[int] = field(default_factory=list)  # the limit each batch ran with
+
+
 class InstructLM:
     """A local causal LM folder (e.g. the proxy LM of `thresher lm train proxy`) with its tokenizer."""
 
@@ -79,15 +91,16 @@ class InstructLM:
         self.model = load_pretrained(AutoModelForCausalLM, model, "causal LM", dtype=dtype)
         self.model.to(self.placement.device).eval()
         config = self.model.config
-        limit = next(
+        # The model's context: prompt + answer can never be longer. None where the config names none.
+        self.context: int | None = next(
             (
                 v
                 for v in (getattr(config, n, None) for n in ("max_position_embeddings", "n_positions"))
                 if isinstance(v, int) and v > 0
             ),
-            max_length,
+            None,
         )
-        self.max_length = int(min(max_length, limit))
+        self.max_length = int(min(max_length, self.context or max_length))
         tok = self.tokenizer
         self.bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         self.eos_id = tok.eos_token_id
@@ -158,8 +171,8 @@ class InstructLM:
         model.eval()
         return losses
 
-    def batch_loss(self, batch: Sequence[Encoded], autocast: Any) -> Any:
-        """Mean cross-entropy over the answer tokens of a batch (right-padded)."""
+    def _tensors(self, batch: Sequence[Encoded]) -> tuple[Any, Any, Any]:
+        """(input_ids, attention_mask, labels) of a right-padded batch, on the model's device."""
         import torch
 
         ids, mask = pad_batch([e.ids for e in batch], self.pad_id)
@@ -167,11 +180,30 @@ class InstructLM:
         for row, e in enumerate(batch):
             labels[row, : len(e.ids)] = torch.tensor(e.labels(), dtype=torch.long)
         device = self.placement.device
+        return ids.to(device), mask.to(device), labels.to(device)
+
+    def batch_loss(self, batch: Sequence[Encoded], autocast: Any) -> Any:
+        """Mean cross-entropy over the answer tokens of a batch (right-padded)."""
+        ids, mask, labels = self._tensors(batch)
         with autocast:
-            out = self.model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
-            )
+            out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
         return out.loss.float()
+
+    def example_losses(self, batch: Sequence[Encoded], autocast: Any) -> Any:
+        """(len(batch),) tensor: each example's mean cross-entropy over its own answer tokens, from one
+        right-padded forward pass. Padding sits after the real tokens and carries no label, so an
+        example's loss does not depend on what it was batched with."""
+        import torch
+
+        ids, mask, labels = self._tensors(batch)
+        with autocast:
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        targets = labels[:, 1:]
+        token_loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+        )
+        counts = (targets != IGNORE).sum(dim=1).clamp(min=1)
+        return token_loss.sum(dim=1) / counts
 
     # -- generation ----------------------------------------------------------------------------------------
     def generate(
@@ -179,37 +211,51 @@ class InstructLM:
         instructions: Sequence[str | None],
         inputs: Sequence[str | None],
         *,
-        max_new_tokens: int = 128,
+        max_new_tokens: int = 1024,
         batch_size: int = 16,
-    ) -> list[str]:
-        """Greedy answers (deterministic), batched by prompt length with left padding."""
+        num_beams: int = 1,
+    ) -> Generations:
+        """Deterministic answers (greedy, or beam search with `num_beams` > 1), batched by prompt length
+        with left padding.
+
+        Prompt + answer stay within the model's context: a prompt keeps its last `max_length` tokens
+        and leaves at least min(max_new_tokens, context / 2) tokens for the answer; a batch then
+        generates up to what its longest prompt leaves of the context, at most `max_new_tokens`. An
+        answer that stops at that limit without the model's EOS is flagged in `truncated`."""
         import torch
 
-        budget = max(1, self.max_length - max_new_tokens)
+        context = self.context or self.max_length + max_new_tokens
+        room = min(max_new_tokens, context // 2)
+        prompt_limit = max(1, min(self.max_length, context - room))
         # Keep the end of an over-long prompt: "### Response:" must stay right before the answer.
         prompts = [
-            (self.bos + p)[-budget:]
+            (self.bos + p)[-prompt_limit:]
             for p in self._ids([prompt_text(i, x) for i, x in zip(instructions, inputs, strict=True)])
         ]
         answers = [""] * len(prompts)
-        new_tokens = min(max_new_tokens, self.max_length - 1)
+        truncated = np.zeros(len(prompts), dtype=bool)
+        limits: list[int] = []
         with torch.inference_mode():
             for batch in length_batches([len(p) for p in prompts], batch_size):
                 ids, mask = pad_batch([prompts[i] for i in batch], self.pad_id, left=True)
+                new_tokens = max(1, min(max_new_tokens, context - ids.shape[1]))
+                limits.append(new_tokens)
                 out = self.model.generate(
                     input_ids=ids.to(self.placement.device),
                     attention_mask=mask.to(self.placement.device),
                     max_new_tokens=new_tokens,
                     do_sample=False,
-                    num_beams=1,
+                    num_beams=num_beams,
                     pad_token_id=self.pad_id,
                     eos_token_id=self.eos_id,
                 )
                 generated = out[:, ids.shape[1] :].cpu().numpy()
                 for row, i in enumerate(batch):
                     tokens = generated[row]
-                    if self.eos_id is not None:
-                        stop = np.nonzero(tokens == self.eos_id)[0]
-                        tokens = tokens[: stop[0]] if len(stop) else tokens
+                    stop = np.nonzero(tokens == self.eos_id)[0] if self.eos_id is not None else []
+                    if len(stop):
+                        tokens = tokens[: stop[0]]
+                    else:
+                        truncated[i] = len(tokens) >= new_tokens
                     answers[i] = self.tokenizer.decode(tokens.tolist(), skip_special_tokens=True).strip()
-        return answers
+        return Generations(answers, truncated, limits)

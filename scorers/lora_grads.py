@@ -3,9 +3,12 @@ Tuning"): a LoRA warmup of a small causal LM, then for every example and warmup 
 its answer-token loss with respect to the LoRA weights, made comparable by a seeded random projection and
 L2 normalisation.
 
-- Warmup (`warmup_lora`): LoRA (peft) on a small random part of the pool for a few epochs with AdamW and a
-  linear schedule; after each epoch a checkpoint holds the LoRA weights, AdamW's two moment estimates and
-  the epoch's mean learning rate (the checkpoint's weight in the score).
+- Warmup (`warmup_lora`): LoRA (peft) on the four attention projections (q, k, v, o; `lora_targets`)
+  of a small random part of the pool, for a few epochs with AdamW and a linear schedule, as LESS's
+  reference trainer runs it: 128 examples per optimiser step (gradients accumulated over micro-batches),
+  the step's loss the mean of each example's own mean answer-token loss, gradients clipped to norm 1.0.
+  After each epoch a checkpoint holds the LoRA weights, AdamW's two moment estimates and the epoch's
+  mean learning rate (the checkpoint's weight in the score).
 - Features (`GradientFeaturizer`): per example (batch of one, eval mode, so no dropout), the flat LoRA
   gradient g. Pool examples are scored by the update Adam would make from that checkpoint,
   `m' / (sqrt(v') + eps)` with `m' = b1 m + (1 - b1) g` and `v' = b2 v + (1 - b2) g^2`; target examples by
@@ -117,19 +120,34 @@ class RademacherProjector:
 # Warmup
 
 
+# The attention projections LESS wraps (q, k, v, o), under the names architectures give them; the first
+# set a model has every name of wins. A fused q/k/v layer (GPT-2's c_attn, GPT-NeoX's query_key_value)
+# stands for all three. Names match as peft matches them: the whole module name or its last parts.
+ATTENTION_PROJECTIONS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "k_proj", "v_proj", "o_proj"),  # Llama, Mistral, Qwen2, Gemma (LESS's models)
+    ("q_proj", "k_proj", "v_proj", "out_proj"),  # OPT, GPT-J, GPT-Neo
+    ("q_proj", "k_proj", "v_proj", "dense"),  # Phi
+    ("c_attn", "attn.c_proj"),  # GPT-2 and the proxy LM (attn.c_proj: not the MLP's c_proj)
+    ("query_key_value", "dense"),  # GPT-NeoX, Falcon, BLOOM
+)
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     rank: int = 128
     alpha: int = 512
     dropout: float = 0.1
-    target_modules: tuple[str, ...] | None = None  # None: peft's default for the architecture
+    # None: the attention projections (`ATTENTION_PROJECTIONS`); peft's default where none match.
+    target_modules: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class WarmupSettings:
     epochs: int = 4
     learning_rate: float = 2e-5
-    batch_size: int = 16
+    batch_size: int = 128  # examples per optimiser step (LESS: 1 per device x 32 accumulated x 4 GPUs)
+    micro_batch_size: int = 16  # examples per forward/backward pass: memory, not the optimisation
+    max_grad_norm: float = 1.0  # the HF Trainer's default, which LESS trains with; 0: no clipping
     seed: int = 0
     lora: LoraSettings = LoraSettings()
 
@@ -142,10 +160,39 @@ class CheckpointInfo:
     steps: int
 
 
+@dataclass(frozen=True)
+class WarmupResult:
+    checkpoints: list[CheckpointInfo]
+    target_modules: list[str]  # what LoRA wrapped, as peft reports it
+    steps_per_epoch: int
+    micro_batches_per_step: int
+    epoch_loss: list[float]
+
+
+def _module_names(model: Any) -> list[str]:
+    return [n for n, _ in model.named_modules()]
+
+
+def _has_module(names: Sequence[str], target: str) -> bool:
+    return any(n == target or n.endswith("." + target) for n in names)
+
+
+def lora_targets(model: Any, lora: LoraSettings) -> tuple[str, ...] | None:
+    """The module names LoRA wraps: the user's, else the model's attention projections, else None
+    (peft's default for the architecture)."""
+    if lora.target_modules:
+        return lora.target_modules
+    names = _module_names(model)
+    return next((c for c in ATTENTION_PROJECTIONS if all(_has_module(names, t) for t in c)), None)
+
+
 def _lora_model(lm: InstructLM, lora: LoraSettings) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
+    targets = lora_targets(lm.model, lora)
+    if targets is None:
+        log.info("LESS: no q/k/v/o attention projections found by name; LoRA wraps peft's default modules")
     # GPT-2 keeps its projections in Conv1D (weights stored transposed): tell peft, rather than have it
     # guess with a warning.
     transposed = any(isinstance(m, Conv1D) for m in lm.model.modules())
@@ -155,7 +202,7 @@ def _lora_model(lm: InstructLM, lora: LoraSettings) -> Any:
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules) if lora.target_modules else None,
+        target_modules=list(targets) if targets else None,
     )
     try:
         return get_peft_model(lm.model, config)
@@ -166,14 +213,35 @@ def _lora_model(lm: InstructLM, lora: LoraSettings) -> Any:
         ) from None
 
 
+def wrapped_modules(model: Any) -> list[str]:
+    """The target module names a peft model was built with (sorted), for the manifest."""
+    config = next(iter(model.peft_config.values()))
+    return sorted(config.target_modules)
+
+
 def _lora_params(model: Any) -> list[tuple[str, Any]]:
     """The trainable LoRA tensors in a fixed (name) order: the layout of every flat gradient."""
     return sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
+def accumulate_step(lm: InstructLM, batch: Sequence[Encoded], micro_batch_size: int, autocast: Any) -> float:
+    """Backpropagate one optimiser step's loss: the mean over `batch` of each example's mean
+    answer-token loss, `micro_batch_size` examples per forward pass, gradients adding up in `.grad`.
+
+    This is what LESS's trainer computes (one example per device, gradients accumulated and averaged), so
+    a long answer weighs as much as a short one, and the gradient does not depend on the micro-batch
+    size. Returns the sum of the examples' losses."""
+    total = 0.0
+    for lo in range(0, len(batch), micro_batch_size):
+        losses = lm.example_losses(batch[lo : lo + micro_batch_size], autocast)
+        (losses.sum() / len(batch)).backward()
+        total += float(losses.detach().sum())
+    return total
+
+
 def warmup_lora(
     model_path: str, examples: Sequence[Encoded], out_dir: Path, settings: WarmupSettings, device: str
-) -> list[CheckpointInfo]:
+) -> WarmupResult:
     """Train LoRA on `examples` and write one checkpoint per epoch to `out_dir`."""
     import torch
     from safetensors.torch import save_file
@@ -186,7 +254,8 @@ def warmup_lora(
     model = _lora_model(lm, settings.lora)
     lm.model = model
     params = _lora_params(model)
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=settings.learning_rate, weight_decay=0.0)
+    trainable = [p for _, p in params]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(usable) / settings.batch_size)
     scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -194,19 +263,19 @@ def warmup_lora(
     beta1, beta2 = optimizer.param_groups[0]["betas"]
     eps = optimizer.param_groups[0]["eps"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = []
+    checkpoints, epoch_loss = [], []
     step = 0
     model.train()
     for epoch in range(settings.epochs):
         lrs, loss_sum = [], 0.0
         for batch in shuffled_batches([len(e.ids) for e in usable], settings.batch_size, generator):
             lrs.append(optimizer.param_groups[0]["lr"])
-            loss = lm.batch_loss([usable[i] for i in batch], autocast)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum += accumulate_step(lm, [usable[i] for i in batch], settings.micro_batch_size, autocast)
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss.detach()) * len(batch)
             step += 1
         tensors = {}
         for name, p in params:
@@ -219,11 +288,18 @@ def warmup_lora(
         save_file(tensors, str(path), metadata=meta)
         info = CheckpointInfo(str(path), epoch + 1, float(np.mean(lrs)), step)
         checkpoints.append(info)
-        log.info("LESS warmup: epoch %d/%d loss %.4f", epoch + 1, settings.epochs, loss_sum / len(usable))
+        epoch_loss.append(round(loss_sum / len(usable), 6))
+        log.info("LESS warmup: epoch %d/%d loss %.4f", epoch + 1, settings.epochs, epoch_loss[-1])
     (out_dir / CHECKPOINT_META).write_text(
         json.dumps([c.__dict__ for c in checkpoints], indent=2) + "\n", encoding="utf-8"
     )
-    return checkpoints
+    return WarmupResult(
+        checkpoints,
+        wrapped_modules(model),
+        steps_per_epoch,
+        math.ceil(min(settings.batch_size, len(usable)) / settings.micro_batch_size),
+        epoch_loss,
+    )
 
 
 def read_checkpoints(out_dir: Path) -> list[CheckpointInfo]:
@@ -317,8 +393,6 @@ class GradientFeaturizer:
         another's. Padding sits after the real tokens and has no loss, so it adds nothing."""
         import torch
 
-        from thresher.scorers.torch_runtime import pad_batch
-
         if self._hooked is None:
             return self.gradients_one_by_one(examples)
         captured: dict[str, dict[str, Any]] = {name: {} for name in self._hooked}
@@ -331,21 +405,8 @@ class GradientFeaturizer:
 
             handles.append(module.register_forward_hook(keep))
         try:
-            ids, mask = pad_batch([e.ids for e in examples], self.lm.pad_id)
-            labels = torch.full_like(ids, -100)
-            for row, e in enumerate(examples):
-                labels[row, : len(e.ids)] = torch.tensor(e.labels(), dtype=torch.long)
-            device = self.lm.placement.device
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.lm.placement.is_cuda)
-            with autocast:
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-            targets = labels[:, 1:]
-            token_loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-            )
-            counts = (targets != -100).sum(dim=1).clamp(min=1)
-            (token_loss.sum(dim=1) / counts).sum().backward()
+            self.lm.example_losses(examples, autocast).sum().backward()
             parts = []
             for name, _ in self.params:
                 slot = captured[name]

@@ -21,7 +21,15 @@ from typer.testing import CliRunner
 from thresher.cli.app import app
 from thresher.pipelines.errors import ThresherError
 from thresher.pipelines.sample_data import generate_web
-from thresher.pipelines.stages.percentile_buckets import assign_buckets, exact_percentiles, kth_smallest
+from thresher.pipelines.stages.percentile_buckets import (
+    assign_buckets,
+    assign_group_buckets,
+    exact_percentiles,
+    kth_smallest,
+    load_runs,
+    save_runs,
+)
+from thresher.pipelines.stages.perplexity import KenLMPerplexityParams
 from thresher.scorers.kenlm_model import load_sentencepiece, train_sentencepiece
 from thresher.scorers.kenlm_text import document_lines, normalize_line
 from thresher.scorers.kenlm_tools import find_tool
@@ -258,3 +266,131 @@ def test_exact_percentiles_match_numpy_over_many_runs() -> None:
         assert kth_smallest(runs, k) == np.sort(values)[k]
     labels = assign_buckets(np.array([1.0, 2.0, np.nan, 9.0]), [2.0, 5.0], ["head", "middle", "tail"])
     assert labels.to_pylist() == ["head", "middle", None, "tail"]
+
+
+def test_default_cuts_are_cc_nets_and_groups_are_opt_in() -> None:
+    params = KenLMPerplexityParams(model="m")
+    assert params.buckets == ["head", "middle", "tail"] and params.percentiles == [30.0, 60.0]
+    assert "cc_net's code default" in KenLMPerplexityParams.model_fields["percentiles"].description
+    assert params.group_column is None and params.group_models == []
+    grouped = KenLMPerplexityParams(group_column="lang", group_models=["en=a", "de = b"])
+    assert grouped.model is None and grouped.group_model_map() == {"en": "a", "de": "b"}
+
+
+def test_runs_sorted_within_groups_give_each_groups_percentiles(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.lognormal(2, 1, 300)
+    scores[::17] = np.nan
+    groups = rng.choice(np.array(["en", "de", None], dtype=object), 300).tolist()
+    save_runs(tmp_path / "runs.npy", scores, groups)
+    runs = load_runs(tmp_path / "runs.npy")
+    assert sorted(runs) == ["de", "en"]  # a null group has no bucket, so no run
+    for name, run in runs.items():
+        mine = scores[np.array([g == name for g in groups]) & np.isfinite(scores)]
+        assert run.tolist() == np.sort(mine).tolist()
+        assert exact_percentiles([run], [30, 60]) == np.percentile(mine, [30, 60]).tolist()
+    save_runs(tmp_path / "all.npy", scores)
+    assert load_runs(tmp_path / "all.npy")[None].tolist() == np.sort(scores[np.isfinite(scores)]).tolist()
+    labels = assign_group_buckets(
+        np.array([1.0, 5.0, 5.0, 5.0, np.nan]), ["en", "en", "de", None, "en"],
+        {"en": [2.0, 4.0], "de": [6.0, 8.0]}, ["head", "middle", "tail"],
+    )  # fmt: skip
+    assert labels.to_pylist() == ["head", "tail", "head", None, None]
+
+
+PROSE = {"clean", "near_dup", "exact_dup", "long"}
+
+
+@pytest.fixture(scope="module")
+def by_lang(web: tuple[pa.Table, list[str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The web sample with a `lang` column: prose and junk as two "languages", a few rows without one."""
+    table, kinds = web
+    lang = ["prose" if k in PROSE else "junk" for k in kinds]
+    for i in range(0, len(lang), 97):
+        lang[i] = None
+    folder = tmp_path_factory.mktemp("by-lang") / "in"
+    write_shards(table.append_column("lang", pa.array(lang, pa.string())), folder, rows_per_shard=500)
+    return folder
+
+
+def test_group_column_cuts_each_group_at_its_own_percentiles(
+    by_lang: Path, kenlm_model: Path, scored: Path, cli: Cli, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    thresher(
+        "perplexity", "kenlm", by_lang, out, "--model", kenlm_model, "--group-column", "lang", "-w", "2", "-q"
+    )
+    rows = read_rows(out)
+    # Same model, so the same scores as the ungrouped run; only the cuts differ.
+    assert [r["kenlm_ppl"] for r in rows] == [r["kenlm_ppl"] for r in read_rows(scored)]
+    cutoffs = json.loads((out / "_kenlm_ppl_cutoffs.json").read_text())
+    assert cutoffs["group_column"] == "lang" and cutoffs["cutoffs"] == []
+    summary = read_manifest(out)["summary"]
+    for group in ("prose", "junk"):
+        ppl = np.array([r["kenlm_ppl"] for r in rows if r["lang"] == group])
+        c30, c60 = np.percentile(ppl, [30, 60])
+        assert cutoffs["groups"][group] == [c30, c60] == summary["cutoffs"][group]
+        assert cutoffs["group_documents"][group] == len(ppl)
+        expected = np.where(ppl < c30, "head", np.where(ppl < c60, "middle", "tail")).tolist()
+        assert [r["kenlm_bucket"] for r in rows if r["lang"] == group] == expected
+        assert summary["group_buckets"][group] == {b: expected.count(b) for b in ("head", "middle", "tail")}
+    # Cut globally, junk almost never reaches head; cut per group, its best 30% do.
+    junk = [r["kenlm_bucket"] for r in rows if r["lang"] == "junk"]
+    assert junk.count("head") / len(junk) > 0.25
+    # No group, no bucket (cc_net's "all"), counted.
+    unlabelled = [r for r in rows if r["lang"] is None]
+    assert unlabelled and all(r["kenlm_bucket"] is None and r["kenlm_ppl"] for r in unlabelled)
+    assert summary["unbucketed"] == {"no_group": len(unlabelled), "no_cutoffs": 0}
+    # The grouped cutoff file is reused only with the same --group-column.
+    again = tmp_path / "again"
+    thresher(
+        "perplexity", "kenlm", by_lang, again, "--model", kenlm_model, "--group-column", "lang", "-q",
+        "--cutoffs-file", out / "_kenlm_ppl_cutoffs.json",
+    )  # fmt: skip
+    assert parquet_bytes(again) == parquet_bytes(out)
+    result = cli("perplexity", "kenlm", by_lang, tmp_path / "x", "--model", kenlm_model,
+                 "--cutoffs-file", out / "_kenlm_ppl_cutoffs.json")  # fmt: skip
+    assert_user_error(result, 1, "cutoffs per lang", "--group-column lang")
+
+
+def test_group_models_score_each_group_with_its_own_model(
+    by_lang: Path, kenlm_model: Path, reference: Path, cli: Cli, tmp_path: Path
+) -> None:
+    other = tmp_path / "bigram"
+    thresher("lm", "train-kenlm", reference, other, "--order", "2", "--workers", "1", "-q")
+    alone = tmp_path / "alone"
+    thresher("perplexity", "kenlm", by_lang, alone, "--model", other, "--buckets", "", "-q")
+    base = tmp_path / "base"
+    thresher("perplexity", "kenlm", by_lang, base, "--model", kenlm_model, "--buckets", "", "-q")
+    out = tmp_path / "out"
+    thresher(
+        "perplexity", "kenlm", by_lang, out, "--model", kenlm_model, "--group-column", "lang",
+        "--group-models", f"junk={other}", "-q",
+    )  # fmt: skip
+    rows = read_rows(out)
+    for row, with_other, with_base in zip(rows, read_rows(alone), read_rows(base), strict=True):
+        expected = with_other if row["lang"] == "junk" else with_base
+        assert row["kenlm_ppl"] == expected["kenlm_ppl"]
+    assert any(
+        a["kenlm_ppl"] != b["kenlm_ppl"] for a, b in zip(read_rows(alone), read_rows(base), strict=True)
+    )
+    # Without --model, a row of no listed group has no score, counted as such.
+    only = tmp_path / "only"
+    thresher(
+        "perplexity", "kenlm", by_lang, only, "--group-column", "lang", "-q",
+        "--group-models", f"junk={other},prose={kenlm_model}",
+    )  # fmt: skip
+    rows = read_rows(only)
+    unlabelled = [r for r in rows if r["lang"] is None]
+    assert all(r["kenlm_ppl"] is None and r["kenlm_bucket"] is None for r in unlabelled)
+    summary = read_manifest(only)["summary"]
+    assert summary["no_model"] == len(unlabelled) and summary["unbucketed"]["no_group"] == 0
+    assert sum(summary["buckets"].values()) == len(rows) - len(unlabelled)
+    # Usage errors are one line.
+    args = ("perplexity", "kenlm", by_lang, tmp_path / "e")
+    assert_user_error(cli(*args, "--group-models", f"junk={other}"), 2, "--group-models needs --group-column")
+    assert_user_error(cli(*args, "--group-column", "lang", "--group-models", "junk"), 2, "GROUP=MODEL")
+    assert_user_error(cli(*args, "--group-column", "lang"), 2, "give --model")
+    missing = cli(*args, "--group-column", "lang", "--group-models", f"junk={tmp_path / 'nope'}")
+    assert_user_error(missing, 1, "--group-models junk=", "no such file or folder")
+    assert_no_output(tmp_path / "e")

@@ -3,7 +3,9 @@ against one backward pass per example, and `select less` end to end with a tiny 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,9 @@ from tiny_models import build_tiny_gpt2
 from thresher.pipelines.recipe import load_recipe
 from thresher.pipelines.sample_data import generate_instructions
 from thresher.pipelines.shards import ShardSet
+from thresher.pipelines.stage import StageContext
+from thresher.pipelines.stages.select_less import LESSParams, LESSSelect
+from thresher.pipelines.stages.select_mods import InstructionParams
 from thresher.scorers import lora_grads
 from thresher.scorers.lora_grads import (
     GradientFeaturizer,
@@ -23,9 +28,11 @@ from thresher.scorers.lora_grads import (
     RademacherProjector,
     WarmupSettings,
     adam_direction,
+    lora_targets,
     normalise_rows,
     subtask_scores,
     warmup_lora,
+    wrapped_modules,
 )
 
 LORA = LoraSettings(rank=4, alpha=16, dropout=0.0)
@@ -109,7 +116,7 @@ def test_batched_gradients_and_adam_features_match_one_example_at_a_time(gpt2: P
     featurizer = GradientFeaturizer(str(gpt2), [], LORA, 64, 0, "cpu", 256)
     warm = _encoded(featurizer, rows[:16])
     settings = WarmupSettings(epochs=2, learning_rate=1e-3, batch_size=8, lora=LORA)
-    checkpoints = warmup_lora(str(gpt2), warm, tmp_path / "ckpt", settings, "cpu")
+    checkpoints = warmup_lora(str(gpt2), warm, tmp_path / "ckpt", settings, "cpu").checkpoints
     assert [c.epoch for c in checkpoints] == [1, 2]
     assert checkpoints[0].learning_rate > checkpoints[1].learning_rate > 0  # linear decay
     featurizer = GradientFeaturizer(str(gpt2), checkpoints, LORA, 64, 0, "cpu", 256, batch_size=8)
@@ -134,6 +141,96 @@ def test_batched_gradients_and_adam_features_match_one_example_at_a_time(gpt2: P
     plain = featurizer.features(examples, adam=False)
     assert not np.allclose(plain[1], features[1])
     assert lora_grads.read_checkpoints(tmp_path / "ckpt") == checkpoints
+
+
+def test_less_defaults_are_the_reference_scripts(tmp_path: Path) -> None:
+    """The effective warmup configuration of a default `select less` run, against LESS's scripts
+    (base_training_args.sh: r 128, alpha 512, dropout 0.1 on q/k/v/o, lr 2e-5, 4 epochs, 2048 tokens,
+    1 example x 32 accumulation steps per GPU on 4 GPUs, the HF Trainer's clipping at 1.0)."""
+    params = LESSParams(target="t", model="m")
+    stage = LESSSelect(params, StageContext(tmp_path / "in", tmp_path / "out", seed=3))
+    settings = stage._warmup_settings()
+    assert settings == WarmupSettings(
+        epochs=4,
+        learning_rate=2e-5,
+        batch_size=128,
+        micro_batch_size=16,
+        max_grad_norm=1.0,
+        seed=3,
+        lora=LoraSettings(rank=128, alpha=512, dropout=0.1, target_modules=None),
+    )
+    assert params.max_length == 2048 and params.warmup_fraction == 0.05 and params.proj_dim == 8192
+    # --max-length stays the shared instruction default elsewhere (MoDS, whose reward model reads 512).
+    assert InstructionParams.model_fields["max_length"].default == 512
+
+
+def test_lora_wraps_the_four_attention_projections_by_default(gpt2: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=2, vocab_size=64, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        )
+    )  # fmt: skip
+    assert lora_targets(llama, LoraSettings()) == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert lora_targets(llama, LoraSettings(target_modules=("q_proj", "v_proj"))) == ("q_proj", "v_proj")
+    import torch
+
+    assert lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)), LoraSettings()) is None  # peft decides
+    # GPT-2 fuses q, k and v into c_attn; o is the attention's c_proj, not the MLP's.
+    featurizer = GradientFeaturizer(str(gpt2), [], LORA, 64, 0, "cpu", 256)
+    assert wrapped_modules(featurizer.model) == ["attn.c_proj", "c_attn"]
+    names = [n for n, _ in featurizer.params]
+    assert any(".attn.c_proj.lora_A" in n for n in names) and any(".attn.c_attn.lora_B" in n for n in names)
+    assert not any(".mlp." in n for n in names)
+    assert featurizer._hooked is not None  # still the batched per-example gradients
+
+
+def test_a_warmup_step_is_the_mean_of_per_example_losses_and_is_clipped(
+    gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    rows = generate_instructions(12, seed=5).to_pylist()
+    featurizer = GradientFeaturizer(str(gpt2), [], LORA, 64, 0, "cpu", 256)
+    examples = _encoded(featurizer, rows)[:8]
+    assert len({e.answer_tokens for e in examples}) > 1  # answers of different lengths
+    no_autocast = torch.autocast("cuda", enabled=False)
+
+    def step_gradient(micro: int) -> np.ndarray:
+        for _, p in featurizer.params:
+            p.grad = None
+        lora_grads.accumulate_step(featurizer.lm, examples, micro, no_autocast)
+        return torch.cat([p.grad.reshape(-1) for _, p in featurizer.params]).numpy().copy()
+
+    per_example = featurizer.gradients_one_by_one(examples)
+    for micro in (3, 8):
+        np.testing.assert_allclose(step_gradient(micro), per_example.mean(axis=0), rtol=1e-4, atol=1e-7)
+    # Not the mean over all tokens of the batch, which weighs long answers more.
+    for _, p in featurizer.params:
+        p.grad = None
+    featurizer.lm.batch_loss(examples, no_autocast).backward()
+    token_mean = torch.cat([p.grad.reshape(-1) for _, p in featurizer.params]).numpy()
+    assert not np.allclose(token_mean, per_example.mean(axis=0), rtol=1e-3)
+    # Every optimiser step clips the accumulated gradient at --max-grad-norm; 0 turns it off.
+    calls: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
+        calls.append(max_norm)
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    settings = WarmupSettings(epochs=2, learning_rate=1e-3, batch_size=4, micro_batch_size=3, lora=LORA)
+    result = warmup_lora(str(gpt2), examples, tmp_path / "a", settings, "cpu")
+    assert calls == [1.0] * 4 and result.steps_per_epoch == 2 and result.micro_batches_per_step == 2
+    assert [c.steps for c in result.checkpoints] == [2, 4]
+    calls.clear()
+    unclipped = dataclasses.replace(settings, max_grad_norm=0.0)
+    warmup_lora(str(gpt2), examples, tmp_path / "b", unclipped, "cpu")
+    assert calls == []
 
 
 def _sets(tmp_path: Path, target_task: str) -> tuple[Path, Path, pa.Table]:
@@ -178,6 +275,13 @@ def test_less_puts_the_target_task_in_the_top_fraction(gpt2: Path, tmp_path: Pat
     assert summary["selection"]["selected"] == len(kept)
     assert summary["target"]["proj_dim"] == 256 and summary["target"]["subtasks"] == {"list": 8}
     assert [c["epoch"] for c in summary["warmup"]["checkpoints"]] == [1, 2]
+    # The reference warmup's shape, in effect: q/k/v/o LoRA (GPT-2's c_attn + attn.c_proj), 128 examples
+    # per optimiser step (so the 36 warmup rows make one step an epoch), clipping at 1.0.
+    warmup = summary["warmup"]
+    assert warmup["lora_target_modules"] == ["attn.c_proj", "c_attn"]
+    assert warmup["examples_per_step"] == 128 and warmup["micro_batches_per_step"] == 3
+    assert warmup["steps_per_epoch"] == 1 == -(-warmup["warmup_rows"] // 128)
+    assert warmup["max_grad_norm"] == 1.0 and warmup["max_length"] == 256
     assert set(totals["dropped"]) <= {"below_top_fraction", "no_answer_tokens", "unscorable"}
     assert totals["dropped"].get("no_answer_tokens", 0) == sum(summary["failures"].values())
     # Same seed, same selection; the rerun is a no-op that reads the finished manifest.
@@ -215,7 +319,7 @@ def test_instruct_select_recipe_is_valid_and_its_target_set_is_there() -> None:
 def test_instruct_select_recipe_runs_on_the_sample_data(
     tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(REPO)  # the recipe names its target set relative to the repository
+    monkeypatch.chdir(tmp_path)  # the recipe names its target set relative to its own folder
     out = tmp_path / "run"
     result = cli(
         "run", RECIPE, "--input", REPO / "sample_data" / "instructions", "--output", out, "-w", "2", "-q"

@@ -265,14 +265,24 @@ def test_mods_end_to_end(models: dict[str, Any], pool: tuple[Path, pa.Table], tm
     manifest = read_manifest(out)
     totals = manifest["totals"]
     assert totals["rows_in"] == table.num_rows == totals["rows_out"] + sum(totals["dropped"].values())
-    assert set(totals["dropped"]) <= {"low_reward", "unscorable", "not_necessary", "generation_unscorable"}
+    assert set(totals["dropped"]) <= {
+        "low_reward", "unscorable", "not_necessary", "generation_unscorable", "not_in_augment_set",
+    }  # fmt: skip
     summary = manifest["summary"]
     quality = summary["quality"]
     assert quality["passed"] + quality.get("low_reward", 0) + quality.get("unscorable", 0) == table.num_rows
     assert summary["coverage"]["seeds"] == 10
     necessity = summary["necessity"]
     assert necessity["generated"] == quality["passed"] - 10
-    assert necessity.get("necessary", 0) == stages.count("necessity")
+    # The second k-center pass runs by default and keeps 3 x --k of the necessary rows.
+    assert summary["augment"]["k"] == 30 and summary["augment"]["necessary"] == necessity["necessary"]
+    assert necessity["necessary"] > 30  # so the pass really thins them (a random LM answers badly)
+    assert stages.count("necessity") == summary["augment"]["augmented"] == 30
+    assert totals["dropped"]["not_in_augment_set"] == necessity["necessary"] - 30
+    assert sorted(r["kcenter_order"] for r in kept) == list(range(40))
+    # Answers cut at the 8-token limit are counted: a random tiny LM rarely ends with its EOS.
+    assert 0 < necessity["generation_truncated"] <= necessity["generated"]
+    assert necessity["max_new_tokens_used"] == 8
     assert summary["failures"] == quality.get("unscorable", 0) + necessity.get("generation_unscorable", 0)
     # The seed-tuned model is kept, loadable, and usable as --finetuned-model for the necessity step alone.
     tuned = out / "necessity-model"
@@ -294,6 +304,7 @@ def test_mods_end_to_end(models: dict[str, Any], pool: tuple[Path, pa.Table], tm
         r["id"] for r in kept if r["mods_stage"] == "seed"
     )
     assert all(r["necessity_score"] < 0 for r in again if r["mods_stage"] == "necessity")
+    assert read_manifest(alone)["summary"]["generation_truncated"] > 0
     # Or fine-tuned here, from the base LM, on the seed set; seed rows left out of the output.
     tuned_here = tmp_path / "tuned-here"
     result = cli(
@@ -320,7 +331,7 @@ def test_mods_second_kcenter_pass_keeps_diverse_necessary_rows(
         "--max-new-tokens", "4", "--max-length", "256", *CPU,
     )  # fmt: skip
     every = tmp_path / "every"
-    assert cli("select", "mods", folder, every, *common).exit_code == 0
+    assert cli("select", "mods", folder, every, *common, "--keep-all-necessary").exit_code == 0
     necessary = [r for r in read_rows(every) if r["mods_stage"] == "necessity"]
     assert len(necessary) > 20  # a threshold this high makes every generated answer "necessary"
     out = tmp_path / "augmented"
@@ -349,6 +360,122 @@ def test_mods_second_kcenter_pass_keeps_diverse_necessary_rows(
     expected = kcenter_greedy([vectors(by_order), vectors(necessary)], 7, chosen=range(10))
     assert {necessary[c - 10]["id"] for c in expected.centers} == {r["id"] for r in extra}
     assert read_manifest(every)["summary"]["augment"] is None
+    assert {d["reason"] for d in pq.read_table(every / "_dropped").to_pylist()} <= {
+        "low_reward",
+        "unscorable",
+    }
+    # The two ways to set the pass are exclusive.
+    result = cli(
+        "select", "mods", folder, tmp_path / "both", *common, "--augment-k", "7", "--keep-all-necessary"
+    )
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_mods_defaults_are_the_papers_or_say_why() -> None:
+    """The effective configuration of a default `select mods` run, next to MoDS's (paper and scripts)."""
+    from thresher.pipelines.stages.select_mods import KCenterParams, MoDSParams, NecessityParams
+
+    required = {"reward_model": "r", "encoder": "e", "model": "m"}
+    p = MoDSParams(**required)
+    assert p.k == 1000 and p.effective_augment_k == 3000  # MoDS: 1000 seed + 3000 augmented rows
+    assert MoDSParams(**required, k=10).effective_augment_k == 30
+    assert MoDSParams(**required, augment_k=7).effective_augment_k == 7
+    assert MoDSParams(**required, keep_all_necessary=True).effective_augment_k is None
+    assert p.threshold == 0.0 and p.necessity_threshold == 0.0
+    # Generation: MoDS's 1024-token cap; greedy unless --num-beams (MoDS: 4), said in the help.
+    assert p.max_new_tokens == 1024 and p.num_beams == 1
+    assert "MoDS: 4" in MoDSParams.model_fields["num_beams"].description
+    necessity = NecessityParams(reward_model="r", model="m", seed_set="s")
+    assert (necessity.max_new_tokens, necessity.num_beams) == (1024, 1)
+    # Embeddings: thresher's mean pooling of instruction + input, the paper's [CLS] of the instruction
+    # (96 tokens) on request.
+    for params in (p, KCenterParams(encoder="e")):
+        assert (params.pooling, params.embed_text, params.embed_max_length) == (
+            "mean",
+            "instruction+input",
+            None,
+        )
+    fields = MoDSParams.model_fields
+    assert "MoDS" in fields["pooling"].description and "MoDS" in fields["embed_text"].description
+    assert "MoDS: 96" in fields["embed_max_length"].description
+
+
+def test_generation_stays_within_the_context_and_flags_cut_answers(models: dict[str, Any]) -> None:
+    import torch
+
+    from thresher.scorers.instruct_lm import InstructLM
+
+    lm = InstructLM(str(models["lm"]), device="cpu", max_length=512)
+    assert lm.context == 256 and lm.max_length == 256
+    long_input = " ".join(["grain"] * 600)  # far beyond the context: the prompt keeps its end
+    instructions = ["List two fruits.", "What is 2 + 2?", "Summarise the text.", "Name a colour."]
+    inputs = ["", "", long_input, ""]
+    # The default 1024-token cap, bounded by the 256-token context: half of it stays for the answer.
+    out = lm.generate(instructions, inputs, batch_size=2)
+    assert len(out.texts) == 4 and all(128 <= n < 256 for n in out.new_token_limits)
+    assert out.truncated.all()  # a random LM does not find its EOS in 128+ tokens
+    for beams in (1, 4):
+        short = lm.generate(instructions, inputs, max_new_tokens=5, batch_size=4, num_beams=beams)
+        assert short.new_token_limits == [5] and short.truncated.all()
+    # A model that always says EOS first finishes every answer: nothing is cut.
+    with torch.no_grad():
+        final = lm.model.transformer.ln_f
+        final.weight.zero_()
+        direction = torch.randn(final.bias.shape, generator=torch.Generator().manual_seed(0))
+        final.bias.copy_(direction)
+        lm.model.lm_head.weight[lm.eos_id] = 100 * direction
+    done = lm.generate(instructions, inputs, max_new_tokens=5, num_beams=4)
+    assert done.texts == [""] * 4 and not done.truncated.any()
+
+
+def test_cls_and_mean_pooling_of_the_instruction_alone(
+    models: dict[str, Any], pool: tuple[Path, pa.Table], tmp_path: Path, cli
+) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from thresher.scorers.encoder import TextEncoder
+
+    texts = ["List two fruits.", "What is 2 + 2 and why is it that?"]
+    tokenizer = AutoTokenizer.from_pretrained(models["encoder"])
+    bert = AutoModel.from_pretrained(models["encoder"]).eval()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = {
+        "cls": torch.nn.functional.normalize(hidden[:, 0], dim=-1).numpy(),
+        "mean": torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy(),
+    }
+    for pooling, vectors in expected.items():
+        got = TextEncoder(str(models["encoder"]), device="cpu", pooling=pooling).encode(texts)  # type: ignore[arg-type]
+        np.testing.assert_allclose(got, vectors, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected["cls"], expected["mean"])
+    # The MoDS embedding end to end: [CLS] of the instruction alone, 96 tokens.
+    folder, table = pool
+    out = tmp_path / "cls"
+    result = cli(
+        "select", "kcenter", folder, out, "--encoder", models["encoder"], "--k", "12", "--pooling", "cls",
+        "--embed-text", "instruction", "--embed-max-length", "96", *CPU,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = read_manifest(out)["summary"]
+    assert (summary["pooling"], summary["embed_text"], summary["embed_max_length"]) == (
+        "cls",
+        "instruction",
+        96,
+    )
+    seeds = read_rows(out)
+    assert len(seeds) == 12
+    # The picks are k-center greedy's on [CLS] vectors of the instructions.
+    from thresher.pipelines.kcenter import kcenter_greedy
+
+    instructions = table["instruction"].to_pylist()
+    vectors = TextEncoder(str(models["encoder"]), device="cpu", max_length=96, pooling="cls").encode(
+        instructions
+    )
+    picked = kcenter_greedy([vectors[:100], vectors[100:200], vectors[200:]], 12, seed=0)
+    assert {table["id"][int(i)].as_py() for i in picked.centers} == {r["id"] for r in seeds}
 
 
 def test_usage_errors_are_one_line(

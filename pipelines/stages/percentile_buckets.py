@@ -1,14 +1,18 @@
-"""Percentile buckets over a whole shard set (cc_net's head/middle/tail), exact and deterministic.
+"""Percentile buckets over a whole shard set (cc_net's head/middle/tail), exact and deterministic, for
+the whole set or per group (cc_net cuts each language at its own percentiles).
 
-Each score task saves its shard's finite scores sorted (a "run", one float64 per document). The cutoff
-task finds exact percentiles over the union of the runs without loading them: runs are memory-mapped and
-the k-th smallest value is found by binary search over the float64 bit patterns, counting with
-`searchsorted` in every run. Memory stays O(shards), the answer is exactly `numpy.percentile` (linear
-method) of all scores, and it does not depend on task order, unlike a randomised sketch such as KLL.
+Each score task saves its shard's finite scores sorted within each group (a "run" per group, one float64
+per document, the runs one after another in one file, their groups and lengths beside it). The cutoff
+task finds exact percentiles over the union of a group's runs without loading them: runs are
+memory-mapped and the k-th smallest value is found by binary search over the float64 bit patterns,
+counting with `searchsorted` in every run. Memory stays O(shards x groups), the answer is exactly
+`numpy.percentile` (linear method) of the group's scores, and it does not depend on task order, unlike a
+randomised sketch such as KLL.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,15 +37,26 @@ class BucketCutoffs(BaseModel):
     buckets: list[str] = Field(description="Bucket names, lowest score first.")
     percentiles: list[float] = Field(description="Percentiles the cutoffs were taken at.")
     cutoffs: list[float] = Field(
-        description="Score boundaries: bucket i holds cutoffs[i-1] <= score < cutoffs[i]."
+        [],
+        description="Score boundaries over the whole set: bucket i holds cutoffs[i-1] <= score < "
+        "cutoffs[i]. Empty when the cutoffs are per group.",
     )
     documents: int = Field(description="Scored documents the cutoffs were computed from.")
+    group_column: str | None = Field(
+        None, description="The column whose values have cutoffs of their own; null: one set for all."
+    )
+    groups: dict[str, list[float]] = Field(
+        {}, description="Per group value, its score boundaries (as `cutoffs`)."
+    )
+    group_documents: dict[str, int] = Field({}, description="Per group value, its scored documents.")
 
     def write(self, path: Path) -> None:
         write_json(path, self.model_dump(mode="json"))
 
     @classmethod
-    def read(cls, path: Path, column: str, buckets: Sequence[str]) -> BucketCutoffs:
+    def read(
+        cls, path: Path, column: str, buckets: Sequence[str], group_column: str | None = None
+    ) -> BucketCutoffs:
         try:
             cutoffs = cls.model_validate_json(Path(path).read_bytes())
         except (OSError, ValueError) as exc:
@@ -52,18 +67,48 @@ class BucketCutoffs(BaseModel):
                 f"--cutoffs-file {path}: cutoffs for {cutoffs.column} buckets {','.join(cutoffs.buckets)}, "
                 f"not {column} buckets {','.join(buckets)}"
             )
+        if cutoffs.group_column != group_column:
+            have = f"per {cutoffs.group_column}" if cutoffs.group_column else "for the whole set"
+            want = f"--group-column {cutoffs.group_column}" if cutoffs.group_column else "no --group-column"
+            raise ThresherError(f"--cutoffs-file {path}: cutoffs {have}; run with {want}")
         return cutoffs
 
 
-def save_run(path: Path, scores: np.ndarray) -> None:
-    """Save the finite scores of one shard, sorted, for `exact_percentiles`."""
-    run = np.sort(scores[np.isfinite(scores)].astype(np.float64))
+def runs_index(path: Path) -> Path:
+    """The file beside a runs file that names each run's group and length."""
+    return path.with_suffix(".groups.json")
+
+
+def save_runs(path: Path, scores: np.ndarray, groups: Sequence[str | None] | None = None) -> None:
+    """Save one shard's finite scores for `exact_percentiles`: sorted, or with `groups` (a value per
+    score) sorted within each group, the groups in sorted order. A score whose group is None has no
+    bucket, so it is left out. Writes `path` (the runs, one after another) and `runs_index(path)`."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    if groups is None:
+        values, index = np.sort(scores[finite]), [[None, int(finite.sum())]]
+    else:
+        labels = np.asarray(groups, dtype=object)
+        keep = finite & np.array([g is not None for g in labels], dtype=bool)
+        names, codes = np.unique(labels[keep].astype(str), return_inverse=True)
+        kept = scores[keep]
+        values = kept[np.lexsort((kept, codes))]
+        counts = np.bincount(codes, minlength=len(names))
+        index = [[str(n), int(c)] for n, c in zip(names, counts, strict=True)]
     with atomic_open(path, "wb") as f:
-        np.save(f, run, allow_pickle=False)
+        np.save(f, values, allow_pickle=False)
+    write_json(runs_index(path), index)
 
 
-def load_run(path: Path) -> np.ndarray:
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+def load_runs(path: Path) -> dict[str | None, np.ndarray]:
+    """Group -> its sorted run (memory-mapped); the key None holds the one run of an ungrouped shard."""
+    values = np.load(path, mmap_mode="r", allow_pickle=False)
+    runs: dict[str | None, np.ndarray] = {}
+    start = 0
+    for name, count in json.loads(runs_index(path).read_text(encoding="utf-8")):
+        runs[name] = values[start : start + count]
+        start += count
+    return runs
 
 
 def _key(value: float) -> int:
@@ -119,3 +164,23 @@ def assign_buckets(scores: np.ndarray, cutoffs: Sequence[float], names: Sequence
     missing = np.isnan(scores)
     labels = np.asarray(names, dtype=object)[np.minimum(index, len(names) - 1)]
     return pa.array(labels, pa.string(), mask=missing)
+
+
+def assign_group_buckets(
+    scores: np.ndarray,
+    groups: Sequence[str | None],
+    cutoffs: dict[str, list[float]],
+    names: Sequence[str],
+) -> pa.Array:
+    """Bucket name per score, cut at its own group's cutoffs; null where the score is NaN, the group is
+    None, or the group has no cutoffs (cc_net's "all" bucket: a language it has no cutoffs for)."""
+    labels = np.full(len(scores), None, dtype=object)
+    groups = np.asarray(groups, dtype=object)
+    present = np.array([g is not None for g in groups], dtype=bool)
+    for name in sorted(set(groups[present].tolist())):
+        if name not in cutoffs:
+            continue
+        rows = present & (groups == name)
+        chosen = assign_buckets(scores[rows], cutoffs[name], names)
+        labels[rows] = np.asarray(chosen.to_pylist(), dtype=object)
+    return pa.array(labels.tolist(), pa.string())

@@ -4,6 +4,10 @@ Phases:
 1. `warmup` (one task): LoRA-train the proxy causal LM on a seeded --warmup-fraction of the pool (rows
    chosen by a hash of their id, so the choice does not depend on sharding) for --epochs epochs; one
    checkpoint per epoch with the LoRA weights, AdamW's moments and the epoch's mean learning rate.
+   Defaults follow LESS's reference scripts: LoRA r 128 / alpha 512 / dropout 0.1 on q, k, v and o,
+   lr 2e-5 with linear decay after 3% warmup, 4 epochs, 128 examples per optimiser step (accumulated
+   over --batch-size micro-batches), loss = mean of per-example mean losses, gradients clipped at 1.0,
+   examples up to 2048 tokens. One epoch is ceil(warmup rows / 128) optimiser steps.
 2. `target` (one task): plain-gradient features of every target example at every checkpoint.
 3. `features` (per shard): Adam-preconditioned gradient features of the shard's rows, written to a
    per-shard work file, and each row's score: the learning-rate-weighted sum over checkpoints of its mean
@@ -76,15 +80,39 @@ class LESSParams(InstructionParams):
     warmup_fraction: float = Field(
         0.05, gt=0, le=1, description="Share of the pool the LoRA warmup trains on."
     )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Rows per forward/backward pass: the warmup's micro-batch and the feature batches; "
+        "lower it to save memory (the optimisation does not change).",
+    )
+    max_length: int = Field(
+        2048,
+        ge=8,
+        description="Token limit per example (LESS: 2048), capped at the model's context; longer examples "
+        "keep their beginning.",
+    )
     epochs: int = Field(4, ge=1, le=100, description="Warmup epochs; one checkpoint per epoch.")
     learning_rate: float = Field(2e-5, gt=0, description="Warmup peak learning rate (linear schedule).")
+    warmup_batch_size: int = Field(
+        128,
+        ge=1,
+        description="Warmup examples per optimiser step (LESS: 128). Gradients accumulate over --batch-size "
+        "micro-batches, so memory follows --batch-size; an epoch is ceil(warmup rows / this) steps "
+        "(8x fewer than a batch of 16).",
+    )
+    max_grad_norm: float = Field(
+        1.0, ge=0, description="Warmup gradient clipping by global norm (LESS's trainer: 1.0); 0: none."
+    )
     lora_rank: int = Field(128, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(512, ge=1, description="LoRA alpha (scale = alpha / rank).")
     lora_dropout: float = Field(
         0.1, ge=0, lt=1, description="LoRA dropout during warmup (off for gradients)."
     )
     lora_target_modules: list[str] = Field(
-        [], description="Modules LoRA wraps; default: peft's choice for the architecture."
+        [],
+        description="Modules LoRA wraps; default: the attention projections q, k, v, o as LESS (Llama: "
+        "q_proj,k_proj,v_proj,o_proj; GPT-2: c_attn,attn.c_proj), or peft's choice where none match.",
     )
     proj_dim: int = Field(
         8192, ge=1, description="Random-projection size of the gradient features (capped at the LoRA size)."
@@ -102,7 +130,7 @@ def _warmup_rows(ids: pa.Array, fraction: float, seed: int) -> np.ndarray:
 
 class LESSSelect(_InstructionStage):
     name = "select-less"
-    version = "1"
+    version = "2"
     Params = LESSParams
     summary = (
         "LESS: score rows by LoRA-gradient similarity to a --target set (Adam-preconditioned, projected) "
@@ -129,6 +157,20 @@ class LESSSelect(_InstructionStage):
             *(s.path for s in self._target_set().shards),
             *(Path(m) for m in _model_inputs(self.params.model)),
         ]
+
+    def _warmup_settings(self) -> Any:
+        from thresher.scorers.lora_grads import WarmupSettings
+
+        p = self.params
+        return WarmupSettings(
+            epochs=p.epochs,
+            learning_rate=p.learning_rate,
+            batch_size=p.warmup_batch_size,
+            micro_batch_size=p.batch_size,
+            max_grad_norm=p.max_grad_norm,
+            seed=self.ctx.seed,
+            lora=self._lora(),
+        )
 
     def _lora(self) -> Any:
         from thresher.scorers.lora_grads import LoraSettings
@@ -217,7 +259,7 @@ class LESSSelect(_InstructionStage):
     # -- phase 1 -------------------------------------------------------------------------------------------
     def _warmup(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.instruct_lm import InstructLM
-        from thresher.scorers.lora_grads import CHECKPOINT_META, WarmupSettings, warmup_lora
+        from thresher.scorers.lora_grads import CHECKPOINT_META, warmup_lora
 
         assert self.ctx.input is not None
         p = self.params
@@ -238,30 +280,32 @@ class LESSSelect(_InstructionStage):
                 skipped += sum(e.answer_tokens == 0 for e in encoded)
                 examples += [e for e in encoded if e.answer_tokens > 0]
                 tc.progress(batch.num_rows)
+        max_length = lm.max_length
         del lm
         if not examples:
             raise ThresherError(
                 f"{self.ctx.input_path}: --warmup-fraction {p.warmup_fraction} picked no usable row; raise it"
             )
-        settings = WarmupSettings(
-            epochs=p.epochs,
-            learning_rate=p.learning_rate,
-            batch_size=p.batch_size,
-            seed=self.ctx.seed,
-            lora=self._lora(),
-        )
+        settings = self._warmup_settings()
         folder = self._paths()["checkpoints"]
-        checkpoints = warmup_lora(p.model, examples, folder, settings, p.device)
-        for c in checkpoints:
+        result = warmup_lora(p.model, examples, folder, settings, p.device)
+        for c in result.checkpoints:
             _record(tc, Path(c.path))
         _record(tc, folder / CHECKPOINT_META)
         return TaskResult(
             extra={
                 "warmup_rows": len(examples),
                 "warmup_rows_without_answer_tokens": skipped,
+                "max_length": max_length,
+                "lora_target_modules": result.target_modules,
+                "examples_per_step": settings.batch_size,
+                "micro_batches_per_step": result.micro_batches_per_step,
+                "steps_per_epoch": result.steps_per_epoch,
+                "max_grad_norm": settings.max_grad_norm,
+                "epoch_loss": result.epoch_loss,
                 "checkpoints": [
                     {"epoch": c.epoch, "learning_rate": c.learning_rate, "steps": c.steps}
-                    for c in checkpoints
+                    for c in result.checkpoints
                 ],
             }
         )

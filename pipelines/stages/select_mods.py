@@ -4,21 +4,24 @@ Three criteria, each usable alone, and `select mods` chaining them:
 
 - quality (`select reward`): a reward model scores each (instruction + "\\n" + input, output) pair; a row
   passes when its score is strictly greater than --threshold.
-- coverage (`select kcenter`): embeddings of the instructions (mean-pooled, normalised, from a local
-  encoder) and k-center greedy from a seeded first centre pick a seed set of k rows that covers them.
+- coverage (`select kcenter`): normalised embeddings of the instructions from a local encoder
+  (--pooling mean or cls, of --embed-text instruction+input or instruction) and k-center greedy from a
+  seeded first centre pick a seed set of k rows that covers them.
 - necessity (`select necessity`): the causal LM, fine-tuned on the seed set (or a fine-tuned model the
-  user gives), answers every other instruction; the reward model scores those answers, and a row is
-  necessary when its answer scores strictly less than --necessity-threshold: the model does not yet
-  handle it.
+  user gives), answers every other instruction (greedy or --num-beams, up to --max-new-tokens within the
+  model's context; answers cut at that limit are counted as `generation_truncated`); the reward model
+  scores those answers, and a row is necessary when its answer scores strictly less than
+  --necessity-threshold: the model does not yet handle it.
 
 `select mods` phases: `score` (per shard: reward scores, and embeddings of the rows that pass) -> `seed`
 (one task: k-center over the embedding files) -> `finetune` (one task; skipped with --finetuned-model)
--> `necessity` (per shard: generate and score) -> `augment` (one task, only with --augment-k: MoDS's
-second k-center pass over the necessary rows, with the seed set's centres counted as chosen) -> `select`
-(per shard). The output holds the seed and the necessary rows, with `mods_stage` (seed / necessity),
-`reward_score`, `necessity_score` and `kcenter_order` (the order either k-center pass picked the row in);
-every other row is in `_dropped/` with its reason. A row that cannot be scored (no instruction or output,
-or a non-finite score) is dropped as `unscorable`, counted in the manifest, never passed over in silence.
+-> `necessity` (per shard: generate and score) -> `augment` (one task: MoDS's second k-center pass, which
+keeps --augment-k of the necessary rows, default 3 x --k, with the seed set's centres counted as chosen;
+skipped with --keep-all-necessary) -> `select` (per shard). The output holds the seed and the
+(augmented) necessary rows, with `mods_stage` (seed / necessity), `reward_score`, `necessity_score` and
+`kcenter_order` (the order either k-center pass picked the row in); every other row is in `_dropped/`
+with its reason. A row that cannot be scored (no instruction or output, or a non-finite score) is
+dropped as `unscorable`, counted in the manifest, never passed over in silence.
 
 Embeddings and scores go to per-shard work files; the one task that sees the whole set (k-center) reads
 the embeddings memory-mapped. Models are read from local folders only (see scorers/torch_runtime.py).
@@ -69,8 +72,15 @@ NECESSITY_SCHEMA = pa.schema(
         (NECESSITY_COLUMN, pa.float64()),
         ("status", pa.string()),
         ("generated", pa.string()),
+        ("generation_truncated", pa.bool_()),
     ]
 )
+# Counted in the manifest: answers that hit the new-token limit before the model's EOS. They are scored
+# like any other, but a cut answer tends to score low, so a high count inflates the necessary set.
+GENERATION_TRUNCATED = "generation_truncated"
+# MoDS keeps 3,000 augmented rows next to its 1,000-row seed set (4,000 in all).
+AUGMENT_PER_SEED = 3
+MAX_NEW_USED = "max_new_tokens_used"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -105,8 +115,22 @@ class RewardParams(StageParams):
 
 
 class EncoderParams(StageParams):
-    encoder: str = Field(..., description="Sentence encoder folder for instruction embeddings (mean-pooled).")
-    k: int = Field(1000, ge=1, description="Size of the seed set k-center greedy picks.")
+    encoder: str = Field(..., description="Sentence encoder folder for instruction embeddings.")
+    k: int = Field(1000, ge=1, description="Size of the seed set k-center greedy picks (MoDS: 1000).")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean",
+        description="Embedding of a text: the mean of the encoder's last hidden states (what "
+        "sentence-transformers encoders such as all-MiniLM-L6-v2 are trained for), or the first, [CLS], "
+        "token's (MoDS, with bert-base-uncased). Either is L2-normalised.",
+    )
+    embed_text: Literal["instruction+input", "instruction"] = Field(
+        "instruction+input",
+        description="What is embedded: the instruction and its input (rows sharing one instruction "
+        "template stay apart), or the instruction alone (MoDS).",
+    )
+    embed_max_length: int | None = Field(
+        None, ge=2, description="Encoder token limit (MoDS: 96); default: --max-length."
+    )
 
 
 class NecessityModelParams(StageParams):
@@ -121,7 +145,18 @@ class NecessityModelParams(StageParams):
     )
     finetune_epochs: int = Field(3, ge=1, description="Epochs of fine-tuning on the seed set.")
     finetune_lr: float = Field(2e-5, gt=0, description="Fine-tuning learning rate (AdamW, linear decay).")
-    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer, in tokens.")
+    max_new_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Longest generated answer in tokens (MoDS: 1024), bounded by what the prompt leaves of "
+        "the model's context; answers cut there are counted as generation_truncated.",
+    )
+    num_beams: int = Field(
+        1,
+        ge=1,
+        description="Beam search width for the answers (MoDS: 4); 1 is greedy, and each beam adds a "
+        "greedy pass's worth of generation work.",
+    )
 
     @model_validator(mode="after")
     def _one_model(self) -> NecessityModelParams:
@@ -213,6 +248,27 @@ def _reward_scores(
     )
     scores[ok] = result.scores
     return scores, int(result.truncated.sum())
+
+
+def _embedding_texts(params: Any, instructions: list[str | None], inputs: list[str], rows: Any) -> list[str]:
+    """The text each chosen row is embedded by (--embed-text)."""
+    from thresher.scorers.deberta import question_text
+
+    if params.embed_text == "instruction":
+        return [instructions[i] or "" for i in rows]
+    return [question_text(instructions[i], inputs[i]) for i in rows]
+
+
+def _encoder(params: Any) -> Any:
+    from thresher.scorers.encoder import TextEncoder
+
+    return TextEncoder(
+        params.encoder,
+        device=params.device,
+        batch_size=params.batch_size,
+        max_length=params.embed_max_length or params.max_length,
+        pooling=params.pooling,
+    )
 
 
 def _quantiles(values: list[float]) -> dict[str, float] | None:
@@ -483,12 +539,9 @@ class KCenterCoverage(_InstructionStage):
         return self._select(task, tc)
 
     def _embed(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        from thresher.scorers.deberta import question_text
-        from thresher.scorers.encoder import TextEncoder
-
         p = self.params
         _threads(p.threads)
-        encoder = TextEncoder(p.encoder, device=p.device, batch_size=p.batch_size, max_length=p.max_length)
+        encoder = _encoder(p)
         writer = _EmbeddingWriter(_EmbeddingFiles(self.ctx.work, task.key))
         offset = missing = 0
         try:
@@ -498,7 +551,7 @@ class KCenterCoverage(_InstructionStage):
                 missing += int((~ok).sum())
                 rows = np.nonzero(ok)[0]
                 if len(rows):
-                    texts = [question_text(instructions[i], inputs[i]) for i in rows]
+                    texts = _embedding_texts(p, instructions, inputs, rows)
                     writer.write(rows + offset, encoder.encode(texts))
                 offset += batch.num_rows
                 tc.progress(batch.num_rows)
@@ -506,7 +559,16 @@ class KCenterCoverage(_InstructionStage):
         except BaseException:
             writer.abort()
             raise
-        return TaskResult(extra={"embedded": writer.count, UNSCORABLE: missing, "dim": encoder.dim})
+        return TaskResult(
+            extra={
+                "embedded": writer.count,
+                UNSCORABLE: missing,
+                "dim": encoder.dim,
+                "pooling": p.pooling,
+                "embed_text": p.embed_text,
+                "embed_max_length": encoder.max_length,
+            }
+        )
 
     def _select(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         seed_rows, order = _seed_rows(Path(task.inputs[1]), task.args["shard"])
@@ -533,7 +595,15 @@ class KCenterCoverage(_InstructionStage):
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         centers = next((r.extra for r in records if r.phase == "centers"), {})
-        return {"k": self.params.k, **centers}
+        embed = next((r.extra for r in records if r.phase == "embed"), {})
+        p = self.params
+        return {
+            "k": p.k,
+            "pooling": p.pooling,
+            "embed_text": p.embed_text,
+            "embed_max_length": embed.get("embed_max_length"),
+            **centers,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -583,7 +653,8 @@ def _necessity_scores(
     _threads(p.threads)
     lm = InstructLM(model, device=p.device, max_length=p.max_length)
     scorer = RewardScorer(p.reward_model, device=p.device, batch_size=p.batch_size, max_length=p.max_length)
-    stats: Counter[str] = Counter()
+    stats: Counter[str] = Counter({GENERATION_TRUNCATED: 0})
+    limits: list[int] = []
     offset = 0
     with ShardWriter(out, NECESSITY_SCHEMA) as writer:
         for batch in iter_batches(shard_path, stage._columns(shard_path), 512):
@@ -592,12 +663,16 @@ def _necessity_scores(
             instructions, inputs, _ = stage._rows(batch)
             chosen = np.nonzero(candidate(rows, batch))[0]
             if len(chosen):
-                generated = lm.generate(
+                answers = lm.generate(
                     [instructions[i] for i in chosen],
                     [inputs[i] for i in chosen],
                     max_new_tokens=p.max_new_tokens,
                     batch_size=p.batch_size,
+                    num_beams=p.num_beams,
                 )
+                generated = answers.texts
+                stats[GENERATION_TRUNCATED] += int(answers.truncated.sum())
+                limits += answers.new_token_limits
                 scores, truncated = _reward_scores(
                     scorer, [instructions[i] for i in chosen], [inputs[i] for i in chosen], list(generated)
                 )
@@ -616,6 +691,7 @@ def _necessity_scores(
                             NECESSITY_COLUMN: pa.array(scores, pa.float64(), mask=missing),
                             "status": pa.array(status.tolist(), pa.string()),
                             "generated": pa.array(generated, pa.string()),
+                            "generation_truncated": pa.array(answers.truncated, pa.bool_()),
                         },
                         schema=NECESSITY_SCHEMA,
                     )
@@ -625,7 +701,20 @@ def _necessity_scores(
     return {
         "generated": int(sum(stats[k] for k in ("necessary", NOT_NECESSARY, GENERATION_UNSCORABLE))),
         **stats,
+        # The new-token limit the batches really ran with: --max-new-tokens, or less where the model's
+        # context leaves less room after the prompt.
+        MAX_NEW_USED: max(limits) if limits else None,
     }
+
+
+def _necessity_totals(records: list[TaskRecord]) -> dict[str, Any]:
+    """The necessity tasks' counts summed, and the largest new-token limit any of them ran with."""
+    totals: Counter[str] = Counter()
+    used = [r.extra.get(MAX_NEW_USED) for r in records if r.phase == "necessity"]
+    for r in records:
+        if r.phase == "necessity":
+            totals.update({k: v for k, v in r.extra.items() if isinstance(v, int) and k != MAX_NEW_USED})
+    return {**dict(sorted(totals.items())), MAX_NEW_USED: max((u for u in used if u), default=None)}
 
 
 def _necessity_table(path: Path) -> pa.Table:
@@ -645,7 +734,7 @@ class NecessityParams(InstructionParams, RewardParams, NecessityModelParams):
 
 class Necessity(_InstructionStage):
     name = "select-necessity"
-    version = "1"
+    version = "2"
     Params = NecessityParams
     summary = (
         "MoDS necessity: fine-tune the LM on --seed-set, answer the other instructions, keep those whose "
@@ -770,16 +859,12 @@ class Necessity(_InstructionStage):
         return map_shard(Path(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
-        totals: Counter[str] = Counter()
-        for r in records:
-            if r.phase == "necessity":
-                totals.update({k: v for k, v in r.extra.items() if isinstance(v, int)})
         finetune = next((r.extra for r in records if r.phase == "finetune"), {})
         return {
             "necessity_threshold": self.params.necessity_threshold,
             "model": MODEL_DIR if self.params.model else self.params.finetuned_model,
             **finetune,
-            **dict(sorted(totals.items())),
+            **_necessity_totals(records),
         }
 
 
@@ -793,14 +878,32 @@ class MoDSParams(InstructionParams, RewardParams, EncoderParams, NecessityModelP
         None,
         ge=1,
         description="MoDS's second k-center pass: keep at most this many of the necessary rows, the ones "
-        "farthest (in instruction embeddings) from the seed set and from each other. Default: keep every "
-        "necessary row.",
+        "farthest (in instruction embeddings) from the seed set and from each other. Default: 3 x --k "
+        "(MoDS: 1000 seed + 3000 augmented rows).",
     )
+    keep_all_necessary: bool = Field(
+        False,
+        description="Skip the second k-center pass and keep every necessary row (what MoDS's released "
+        "merge script does).",
+    )
+
+    @model_validator(mode="after")
+    def _one_augment_rule(self) -> MoDSParams:
+        if self.keep_all_necessary and self.augment_k is not None:
+            raise ValueError("give --augment-k or --keep-all-necessary, not both")
+        return self
+
+    @property
+    def effective_augment_k(self) -> int | None:
+        """How many necessary rows the second k-center pass keeps; None: every one (no second pass)."""
+        if self.keep_all_necessary:
+            return None
+        return self.augment_k if self.augment_k is not None else AUGMENT_PER_SEED * self.k
 
 
 class MoDSSelect(_InstructionStage):
     name = "select-mods"
-    version = "1"
+    version = "2"
     Params = MoDSParams
     summary = (
         "MoDS: reward > --threshold, then a k-center seed set of --k, then the rows the seed-tuned LM "
@@ -883,7 +986,7 @@ class MoDSSelect(_InstructionStage):
                 ],
             ),
         ]
-        if p.augment_k is not None:
+        if p.effective_augment_k is not None:
             phases.append(
                 PhaseSpec(
                     "augment",
@@ -899,7 +1002,7 @@ class MoDSSelect(_InstructionStage):
                     ],
                 )
             )
-        augment = (augment_file,) if p.augment_k is not None else ()
+        augment = (augment_file,) if p.effective_augment_k is not None else ()
         phases.append(
             PhaseSpec(
                 "select",
@@ -944,13 +1047,14 @@ class MoDSSelect(_InstructionStage):
         return self._select(task, tc)
 
     def _augment(self, tc: TaskContext) -> dict[str, Any]:
-        """The second k-center pass: among the necessary rows, the --augment-k farthest from the seed set
-        (its centres count as chosen) and from each other."""
+        """The second k-center pass: among the necessary rows, the --augment-k (default 3 x --k) farthest
+        from the seed set (its centres count as chosen) and from each other."""
         from thresher.pipelines.kcenter import kcenter_greedy
         from thresher.scorers.encoder import TextEncoder
 
         assert self.ctx.input is not None
-        assert self.params.augment_k is not None
+        k = self.params.effective_augment_k
+        assert k is not None
         _threads(_all_cores())
         dim = TextEncoder.dimension(self.params.encoder)
         seed_file = self.ctx.work / "seed.parquet"
@@ -971,7 +1075,7 @@ class MoDSSelect(_InstructionStage):
             blocks.append(np.asarray(vectors[np.searchsorted(rows, necessary)], np.float32))
             where.append((i, necessary))
         seed_block = np.concatenate(seeds) if seeds else np.zeros((0, dim), np.float32)
-        result = kcenter_greedy([seed_block, *blocks], self.params.augment_k, chosen=range(len(seed_block)))
+        result = kcenter_greedy([seed_block, *blocks], k, chosen=range(len(seed_block)))
         sizes = np.array([len(seed_block), *(len(b) for b in blocks)], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         block_of = np.searchsorted(offsets, result.centers, side="right") - 1
@@ -997,15 +1101,14 @@ class MoDSSelect(_InstructionStage):
         }
 
     def _score(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        from thresher.scorers.deberta import RewardScorer, question_text
-        from thresher.scorers.encoder import TextEncoder
+        from thresher.scorers.deberta import RewardScorer
 
         p = self.params
         _threads(p.threads)
         scorer = RewardScorer(
             p.reward_model, device=p.device, batch_size=p.batch_size, max_length=p.max_length
         )
-        encoder = TextEncoder(p.encoder, device=p.device, batch_size=p.batch_size, max_length=p.max_length)
+        encoder = _encoder(p)
         files = self._files(task.key)
         embeddings = _EmbeddingWriter(_EmbeddingFiles(self.ctx.work, task.key))
         quality = ShardWriter(files["quality"], QUALITY_SCHEMA)
@@ -1034,7 +1137,7 @@ class MoDSSelect(_InstructionStage):
                 )
                 chosen = np.nonzero(passed)[0]
                 if len(chosen):
-                    texts = [question_text(instructions[i], inputs[i]) for i in chosen]
+                    texts = _embedding_texts(p, instructions, inputs, chosen)
                     embeddings.write(rows[chosen], encoder.encode(texts))
                     passed_scores += scores[chosen].tolist()
                 offset += batch.num_rows
@@ -1131,11 +1234,10 @@ class MoDSSelect(_InstructionStage):
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         quality: Counter[str] = Counter()
-        necessity: Counter[str] = Counter()
         for r in records:
-            target = quality if r.phase == "score" else necessity if r.phase == "necessity" else None
-            if target is not None:
-                target.update({k: v for k, v in r.extra.items() if isinstance(v, int)})
+            if r.phase == "score":
+                quality.update({k: v for k, v in r.extra.items() if isinstance(v, int)})
+        necessity = _necessity_totals(records)
         seed = next((r.extra for r in records if r.phase == "seed"), {})
         finetune = next((r.extra for r in records if r.phase == "finetune"), {})
         augment = next((r.extra for r in records if r.phase == "augment"), None)
@@ -1148,8 +1250,8 @@ class MoDSSelect(_InstructionStage):
             "necessity": {
                 "model": MODEL_DIR if p.model else p.finetuned_model,
                 **finetune,
-                **dict(sorted(necessity.items())),
+                **necessity,
             },
-            "augment": None if augment is None else {"k": p.augment_k, **augment},
-            "failures": quality[UNSCORABLE] + necessity[GENERATION_UNSCORABLE],
+            "augment": None if augment is None else {"k": p.effective_augment_k, **augment},
+            "failures": quality[UNSCORABLE] + necessity.get(GENERATION_UNSCORABLE, 0),
         }
