@@ -1,4 +1,5 @@
-# `make demo` and `make test` work on a fresh machine with only Python 3.11: each builds .venv first.
+# `make demo` and `make test` are the whole set-up on a fresh Debian machine with Python 3.11: each installs the
+# missing Debian packages (as root), builds .venv and the KenLM tools, then does its job.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,9 +14,10 @@ DEMO := out/demo
 SYSTEM_PACKAGES := slurm-wlm munge chromium cmake g++ libboost-program-options-dev libboost-system-dev \
 	libboost-thread-dev libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
 
-install: $(STAMP) kenlm-tools
+# The system packages come first: the KenLM tools build against Boost, and the tests run Slurm and Chromium.
+install: system-deps $(STAMP) kenlm-tools
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: anything that asks for plain `torch` later finds it installed instead of
 	# pulling several GB of CUDA wheels.
@@ -27,17 +29,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # lmplz and build_binary are not in the kenlm wheel: built from the same version's sdist into .venv/bin
-# (about 35 s; does nothing when both exist). Needs the packages `make system-deps` installs.
-kenlm-tools: $(STAMP)
+# (about 35 s; does nothing when both exist), with the compilers and Boost that system-deps installs.
+kenlm-tools: system-deps $(STAMP)
 	$(BIN)/python -m thresher.scorers.kenlm_build --bin-dir $(BIN)
 
+# Installs what is missing when run as root; otherwise names the one apt-get command to run, and stops.
 system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing $$missing"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	missing=$$(echo $$missing); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "thresher needs Debian packages that are missing; run: sudo apt-get install -y $$missing" >&2; \
+		exit 1; \
+	fi; \
+	echo "installing Debian packages: $$missing"; \
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
 
 demo: install
 	rm -rf $(DEMO)

@@ -6,22 +6,28 @@ and writes one, with `_manifest.json` and `_dropped/` beside the shards.
 
 from __future__ import annotations
 
+import enum
+import inspect
+import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from thresher.cli import run_cmd, stage_commands
 from thresher.cli.errors import ThresherGroup
-from thresher.cli.render import console, lineage_table
+from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
+from thresher.cli.options import common_parameters, pop_common
+from thresher.cli.render import console, lineage_table, steps_table
 from thresher.pipelines import registry
 from thresher.pipelines.errors import UsageError
 from thresher.pipelines.executor import execute_task, run_stage
-from thresher.pipelines.inspect import QUANTILES, describe
+from thresher.pipelines.inspect import QUANTILES, describe, describe_steps
 from thresher.pipelines.plan import Plan
 from thresher.pipelines.progress import configure_logging, make_reporter
+from thresher.pipelines.stage import StageParams
 
 app = typer.Typer(
     cls=ThresherGroup,
@@ -32,7 +38,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        typer.echo(f"thresher {metadata.version('thresher')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top_level(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Curate LLM training data with small models: streaming stages over Parquet shard sets."""
+
 
 INPUT = Annotated[Path, typer.Argument(help="Shard set folder.", show_default=False)]
 
@@ -59,51 +87,92 @@ def list_stages() -> None:
     console.print(table)
 
 
-@app.command("apply")
-def apply(
-    stage: Annotated[
-        str, typer.Argument(help="Stage name, as `thresher stages` lists it.", show_default=False)
-    ],
-    input_dir: INPUT,
-    output_dir: Annotated[Path, typer.Argument(help="Output folder.", show_default=False)],
-    param: Annotated[
-        list[str] | None,
-        typer.Option("--param", "-p", help="KEY=VALUE (JSON values allowed); repeat for several."),
-    ] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w")] = stage_commands.default_workers(),
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    force: Annotated[bool, typer.Option("--force")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-) -> None:
-    """Run any installed stage by name, with params given as KEY=VALUE.
-
-    Example:
-
-        thresher apply exact-dedup data/00-ingest data/01-exact -p lowercase=false
-    """
-    import json
-
-    values = {}
-    for item in param or []:
+def _param_values(items: list[str], params_model: type[StageParams]) -> dict[str, Any]:
+    """KEY=VALUE pairs in the stage commands' syntax: lists comma-separated (`rules=a,b`), or JSON."""
+    fields = params_model.model_fields
+    values: dict[str, Any] = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
             raise UsageError(f"--param {item!r}: expected KEY=VALUE")
-        try:
-            values[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.replace("-", "_")] = raw
-    cls = registry.get_stage(stage)
-    configure_logging(quiet)
+        key = key.strip().replace("-", "_")
+        if key not in fields:
+            known = ", ".join(n.replace("_", "-") for n in fields if n != "inputs")
+            raise UsageError(f"--param {key.replace('_', '-')}: not a param of this stage ({known})")
+        # Plain text is what the stage's own option would get (pydantic turns "0.8" or "false" into the
+        # field's type); a value that looks like JSON is read as JSON.
+        if raw.lstrip().startswith(("[", "{", '"')):
+            try:
+                values[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--param {key.replace('_', '-')}: not valid JSON ({exc})") from None
+        else:
+            values[key] = stage_commands.from_cli(fields[key], raw)
+    return values
+
+
+def apply(**kwargs: Any) -> None:
+    """Run any installed stage by name, with params given as KEY=VALUE (the same values its own command
+    takes: lists comma-separated, or JSON).
+
+    Example:
+
+        thresher apply heuristics data/00-ingest data/01-heuristics -p rules=gopher_quality,c4
+    """
+    workers, seed, force, quiet, log_file = pop_common(kwargs)
+    cls = registry.get_stage(kwargs["stage"])
+    configure_logging(quiet, log_file)
+    reporter = make_reporter(quiet)
+    make_executor = executor_factory({k: kwargs.pop(k) for k in EXECUTOR_KEYS}, reporter)
     run_stage(
         cls.name,
-        cls.Params.model_validate(values),
-        input_dir,
-        output_dir,
-        seed=seed,
+        cls.Params.model_validate(_param_values(kwargs["param"] or [], cls.Params)),
+        kwargs["input_dir"],
+        kwargs["output_dir"],
+        seed=seed or 0,
         workers=workers,
         force=force,
-        reporter=make_reporter(quiet),
+        reporter=reporter,
+        executor=make_executor(),
     )
+
+
+def _apply_signature() -> inspect.Signature:
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    own = [
+        inspect.Parameter(
+            "stage",
+            positional,
+            annotation=Annotated[
+                str, typer.Argument(help="Stage name, as `thresher stages` lists it.", show_default=False)
+            ],
+        ),
+        inspect.Parameter("input_dir", positional, annotation=INPUT),
+        inspect.Parameter(
+            "output_dir",
+            positional,
+            annotation=Annotated[Path, typer.Argument(help="Output folder.", show_default=False)],
+        ),
+        inspect.Parameter(
+            "param",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                list[str] | None,
+                typer.Option(
+                    "--param",
+                    "-p",
+                    metavar="KEY=VALUE",
+                    help="A stage param, e.g. rules=gopher_quality,c4 or threshold=0.8; repeat for several.",
+                ),
+            ],
+        ),
+    ]
+    return inspect.Signature([*own, *common_parameters(), *executor_parameters()])
+
+
+apply.__signature__ = _apply_signature()  # type: ignore[attr-defined]
+app.command("apply")(apply)
 
 
 @app.command("task")
@@ -148,6 +217,10 @@ def inspect_cmd(path: INPUT) -> None:
 
         thresher inspect data/01-exact
     """
+    steps = describe_steps(path)
+    if steps is not None:
+        console.print(steps_table(str(path), steps))
+        return
     report = describe(path)
     overview = Table(title=f"{report.path}  ({report.stage or 'raw Parquet'})")
     overview.add_column("shards", justify="right")
@@ -175,34 +248,58 @@ def inspect_cmd(path: INPUT) -> None:
         console.print(lineage_table(report.lineage))
 
 
+class ExportFormat(enum.StrEnum):
+    jsonl = "jsonl"
+    jsonl_gz = "jsonl.gz"
+    jsonl_zst = "jsonl.zst"
+    parquet = "parquet"
+    hf = "hf"
+
+
 @app.command("export")
 def export_cmd(
     input_dir: INPUT,
     output: Annotated[
         Path,
         typer.Argument(
-            help="Output file (.jsonl, .jsonl.gz, .jsonl.zst) or folder (--format hf).", show_default=False
+            help="Output file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) or folder (--format hf).",
+            show_default=False,
         ),
     ],
     fmt: Annotated[
-        str | None,
+        ExportFormat | None,
         typer.Option(
             "--format",
-            help="jsonl, jsonl.gz, jsonl.zst or hf (a `datasets` "
-            "save_to_disk folder); default: from the name.",
+            help="hf is a `datasets` save_to_disk folder; default: from the output's name.",
+            show_default=False,
         ),
     ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            "--columns",
+            metavar="A,B,...",
+            help="Export only these columns, in this order.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
-    """Write a shard set out as JSON lines or a `datasets` folder, rows in shard order.
+    """Write a shard set out as JSON lines, one Parquet file or a `datasets` folder, rows in shard order.
+    Beside it, OUTPUT.lineage.json records the source set, its manifest digest, every stage back to the
+    raw input with what each kept and dropped, and the exported file's digest.
 
     Example:
 
-        thresher export data/01-exact train.jsonl.zst
+        thresher export data/05-quality train.jsonl.zst --columns id,text
     """
     from thresher.pipelines.export import export
 
-    rows = export(input_dir, output, fmt)
-    console.print(f"exported {rows:,} rows to {output}")
+    wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    done = export(input_dir, output, fmt.value if fmt else None, columns=wanted, force=force)
+    if not quiet:
+        console.print(f"exported {done.rows:,} rows to {output} (lineage: {done.sidecar.name})")
 
 
 @app.command("sample-data")

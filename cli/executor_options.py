@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,11 @@ from thresher.pipelines.progress import Reporter
 PANEL = "Executor (where tasks run)"
 
 
+class ExecutorKind(enum.StrEnum):
+    local = "local"
+    slurm = "slurm"
+
+
 def _opt(name: str, kind: Any, default: Any, *decls: str, help: str) -> inspect.Parameter:
     return option(name, kind, default, *decls, help=help, panel=PANEL)
 
@@ -23,8 +29,8 @@ def executor_parameters() -> list[inspect.Parameter]:
     return [
         _opt(
             "executor",
-            str,
-            "local",
+            ExecutorKind,
+            ExecutorKind.local.value,
             "--executor",
             help="local (process pool) or slurm (one sbatch --array job per phase, chained with afterok).",
         ),
@@ -66,7 +72,7 @@ EXECUTOR_KEYS = (
 
 def executor_factory(values: dict[str, Any], reporter: Reporter) -> Callable[[], Executor | None]:
     """Build executors from the popped option values; None means the default local executor."""
-    kind = values["executor"]
+    kind = ExecutorKind(values["executor"]).value
     if kind == "local":
         if values["dry_run"]:
             raise typer.BadParameter("--dry-run needs --executor slurm", param_hint="--dry-run")

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from thresher.pipelines.inspect import LineageStep
+from thresher.pipelines.inspect import LineageStep, StepSummary
 
 # Logs and cron mail are read in wide windows: do not squeeze tables to 80 columns there.
 console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -33,4 +33,24 @@ def lineage_table(steps: list[LineageStep]) -> Table:
         if step.raw_files:
             where += "\n  from " + ", ".join(short_path(f) for f in step.raw_files)
         table.add_row(step.stage, f"{step.counts.rows_in:,}", f"{step.counts.rows_out:,}", dropped, where)
+    return table
+
+
+def steps_table(root: str, steps: list[StepSummary]) -> Table:
+    """A recipe output: what each finished step kept and dropped, and how far the others got."""
+    table = Table(title=f"{short_path(root)}: recipe steps")
+    for column in ("step", "stage", "state", "rows in", "kept", "dropped"):
+        table.add_column(
+            column, justify="right" if column in ("rows in", "kept") else "left", overflow="fold"
+        )
+    for step in steps:
+        name = step.path.name
+        if step.counts is None:
+            done, total = step.tasks
+            state = f"{step.state} ({done}/{total} tasks)" if total else step.state
+            table.add_row(name, step.stage, state, "-", "-", "-")
+            continue
+        dropped = ", ".join(f"{k}: {v:,}" for k, v in step.counts.dropped.items()) or "-"
+        rows = (f"{step.counts.rows_in:,}", f"{step.counts.rows_out:,}", dropped)
+        table.add_row(name, step.stage, step.state, *rows)
     return table

@@ -33,9 +33,11 @@ def run(
             "--output", "-o", help="Folder for the steps' outputs (OUTPUT/NN-<step>/).", show_default=False
         ),
     ],
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Parallel tasks.")] = default_workers(),
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="Parallel tasks (processes), at least 1.")
+    ] = default_workers(),
     seed: Annotated[int | None, typer.Option(help="Seed; default: the recipe's `seed:`, else 0.")] = None,
-    force: Annotated[bool, typer.Option(help="Rerun every step from scratch.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every step from scratch.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
     log_file: Annotated[Path | None, typer.Option(help="Also append plain log records to this file.")] = None,
     **executor_options: Any,
@@ -74,8 +76,9 @@ def status(
         Path, typer.Argument(help="A stage's or a recipe's output folder.", show_default=False)
     ],
 ) -> None:
-    """Show which tasks of each stage and phase are done, failed or pending, from the task records (works
-    for local and Slurm runs alike, with or without sacct).
+    """Show every step of a run in order (not started ones as pending) and which tasks of each phase are
+    done, failed or pending, from the task records (works for local and Slurm runs alike, with or without
+    sacct); for Slurm, tasks cancelled, failed or timed out name their job, and queued ones say so.
 
     Example:
 
@@ -83,20 +86,22 @@ def status(
     """
     from rich.table import Table
 
-    from thresher.pipelines.plan import Plan
-    from thresher.pipelines.slurm import stage_folders, task_states
+    from thresher.pipelines.status import run_status
 
-    folders = stage_folders(output) if output.is_dir() else []
-    if not folders:
+    steps = run_status(output) if output.is_dir() else []
+    if not steps:
         raise UsageError(f"{output}: no thresher stage output here")
     table = Table(title=f"status of {output}")
-    for column in ("stage", "phase", "done", "failed", "pending", "finished"):
-        table.add_column(column, justify="right" if column in ("done", "failed", "pending") else "left")
-    for folder in folders:
-        plan = Plan.read(folder)
-        finished = "yes" if (folder / "_manifest.json").exists() else "no"
-        for phase, done, failed, pending in task_states(plan):
-            table.add_row(f"{folder.name}", phase, str(done), str(failed), str(pending), finished)
+    for column in ("step", "phase", "done", "failed", "pending", "state", "notes"):
+        numeric = column in ("done", "failed", "pending")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for step in steps:
+        if not step.phases:
+            table.add_row(step.folder.name, "-", "-", "-", "-", step.state, f"{step.stage}: {step.note}")
+        for n, phase in enumerate(step.phases):
+            notes = "; ".join([*([step.note] if step.note and n == 0 else []), *phase.notes])
+            counts = (str(phase.done), str(phase.failed), str(phase.pending))
+            table.add_row(step.folder.name, phase.name, *counts, step.state, notes)
     console.print(table)
 
 

@@ -15,12 +15,11 @@ import typer
 from pydantic.fields import FieldInfo
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import option
-from thresher.pipelines.executor import default_workers, run_stage
+from thresher.cli.options import common_parameters, pop_common
+from thresher.pipelines.executor import run_stage
 from thresher.pipelines.progress import configure_logging, make_reporter
 from thresher.pipelines.stage import Stage
 
-COMMON_HELP = "Common options"
 GROUP_HELP = {
     "dedup": "Remove duplicate documents across a whole shard set: exact (hash) or near (MinHash LSH).",
     "quality": "Train and apply a fastText quality classifier.",
@@ -68,21 +67,6 @@ def _field_option(name: str, field: FieldInfo) -> inspect.Parameter:
     )
 
 
-def _common_options() -> list[inspect.Parameter]:
-    def opt(name: str, kind: Any, default: Any, *decls: str, help: str) -> inspect.Parameter:
-        return option(name, kind, default, *decls, help=help, panel=COMMON_HELP)
-
-    return [
-        opt("workers", int, default_workers(), "--workers", "-w", help="Parallel tasks (processes)."),
-        opt("seed", int, 0, "--seed", help="Seed for every random choice; same seed, same output bytes."),
-        opt(
-            "force", bool, False, "--force", help="Discard finished tasks in OUTPUT and run everything again."
-        ),
-        opt("quiet", bool, False, "--quiet", "-q", help="Print errors only."),
-        opt("log_file", Path | None, None, "--log-file", help="Also append plain log records to this file."),
-    ]
-
-
 def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
     fields = dict(cls.Params.model_fields)
     files_input = cls.input_kind == "files"
@@ -120,18 +104,17 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
         inputs,
         output,
         *(_field_option(n, f) for n, f in fields.items()),
-        *_common_options(),
+        *common_parameters(),
         *executor_parameters(),
     ]
 
     def command(**kwargs: Any) -> None:
-        workers, seed, force, quiet, log_file = (
-            kwargs.pop(k) for k in ("workers", "seed", "force", "quiet", "log_file")
-        )
+        workers, seed, force, quiet, log_file = pop_common(kwargs)
         output_dir = kwargs.pop("output_dir")
-        values = {k: _from_cli(fields[k], v) for k, v in kwargs.items() if k in fields}
+        values = {k: from_cli(fields[k], v) for k, v in kwargs.items() if k in fields}
         if files_input:
-            sources = [p.resolve() for p in kwargs["inputs"]]
+            # realpath, not resolve: it leaves a link loop for ingest to name instead of raising.
+            sources = [Path(os.path.realpath(p)) for p in kwargs["inputs"]]
             values["inputs"] = [str(p) for p in sources]
             input_path = Path(os.path.commonpath([str(p if p.is_dir() else p.parent) for p in sources]))
         else:
@@ -158,7 +141,7 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
     return command
 
 
-def _from_cli(field: FieldInfo, value: Any) -> Any:
+def from_cli(field: FieldInfo, value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if _is_list(field.annotation) and isinstance(value, str):

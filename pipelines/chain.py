@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from thresher.pipelines.errors import UsageError
 from thresher.pipelines.executor import Executor, run_stage
 from thresher.pipelines.lock import output_lock
 from thresher.pipelines.manifest import Manifest
 from thresher.pipelines.progress import Reporter
-from thresher.pipelines.recipe import Recipe, ResolvedStep, resolve
+from thresher.pipelines.recipe import Recipe, ResolvedStep, check_side_inputs, resolve
+from thresher.pipelines.status import record_recipe_steps
 
 
 def stage_input(step: ResolvedStep) -> Path:
@@ -30,10 +32,20 @@ def run_recipe(
     executor: Callable[[], Executor | None] = lambda: None,
 ) -> list[Manifest]:
     """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume."""
-    steps = resolve(recipe, Path(input_path).resolve(), Path(output).resolve())
+    source, root = Path(input_path).resolve(), Path(output).resolve()
+    if source == root or source in root.parents or root in source.parents:
+        # Step folders would land inside the input (a rerun would ingest them), or a step folder
+        # would replace the input.
+        raise UsageError(
+            f"{output}: the output folder and the input {input_path} overlap (one is or holds the "
+            "other); choose an output folder outside the input"
+        )
+    steps = resolve(recipe, source, root)
+    check_side_inputs(recipe, steps, seed)
     manifests = []
     output.mkdir(parents=True, exist_ok=True)
     with output_lock(output):
+        record_recipe_steps(output, [(s.output.name, s.step.stage.name) for s in steps])
         for step in steps:
             manifests.append(
                 run_stage(

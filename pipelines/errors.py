@@ -16,3 +16,13 @@ class UsageError(ThresherError):
 class IncompleteRun(ThresherError):
     """Some tasks did not finish (killed, failed on a cluster node). Finished work is kept: running the same
     command again runs only what is missing."""
+
+
+def filesystem_error(exc: OSError, path: object = None) -> ThresherError:
+    """A failed read or write as one line naming the path (`path`, else the one the error holds) and the
+    system's words for the errno ("No space left on device", "Read-only file system")."""
+    import os
+
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    where = path if path is not None else exc.filename
+    return ThresherError(f"{where}: {reason}" if where is not None else reason)

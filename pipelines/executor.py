@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 
 from thresher.pipelines import atomic
 from thresher.pipelines.digest import file_digest, value_digest
-from thresher.pipelines.errors import IncompleteRun, ThresherError, UsageError
+from thresher.pipelines.errors import IncompleteRun, ThresherError, UsageError, filesystem_error
 from thresher.pipelines.lock import holds_only_lock, lock_path, output_lock
 from thresher.pipelines.manifest import (
     MANIFEST_NAME,
@@ -204,7 +205,10 @@ def execute_task(
         result = stage.run_task(phase.name, task, tc)
     except Exception as exc:
         # A marker, so `thresher status` can tell a failed task from one that has not run, on any executor.
-        atomic.write_json(failure, {"key": task.key, "error": f"{type(exc).__name__}: {exc}"})
+        # Best effort: on a full disk the marker cannot be written either, and the task's own error is
+        # the one to report.
+        with contextlib.suppress(OSError):
+            atomic.write_json(failure, {"key": task.key, "error": f"{type(exc).__name__}: {exc}"})
         raise
     seconds = time.perf_counter() - start
     inputs = [
@@ -418,27 +422,36 @@ def run_stage(
     # Checked before taking the lock, so a wrong OUTPUT (the input, a file, someone else's folder) gets
     # no lock file written into it.
     _check_output(output, get_stage(stage_name).name, Path(input_path))
-    with output_lock(output):
-        if force:
-            _clear_keeping_lock(output)
-        fresh = holds_only_lock(output)
-        reporter = reporter or SilentReporter()
-        try:
-            plan, finished = plan_stage(stage_name, params, input_path, output, seed)
-            if finished:
-                reporter.message(
-                    f"{stage_name}: {output} is up to date (same params and inputs); nothing to do"
-                )
-                return Manifest.read(output)
-            records = (executor or LocalExecutor(workers, False, reporter)).run(plan)
-            manifest = finalize(plan, records)
-        except IncompleteRun:
-            raise
-        except ThresherError:
-            # Bad input: a folder this run created goes away whole. A folder of an earlier run stays, but
-            # without a manifest, so no later stage mistakes it for a finished shard set.
-            if fresh:
-                shutil.rmtree(output, ignore_errors=True)
-            raise
-        reporter.stage_finished(manifest)
-        return manifest
+    try:
+        with output_lock(output):
+            if force:
+                _clear_keeping_lock(output)
+            fresh = holds_only_lock(output)
+            reporter = reporter or SilentReporter()
+            try:
+                plan, finished = plan_stage(stage_name, params, input_path, output, seed)
+                if finished:
+                    reporter.message(
+                        f"{stage_name}: {output} is up to date (same params and inputs); nothing to do"
+                    )
+                    # Confirmed against inputs that may be newer (touched, same bytes): make and other
+                    # mtime-based tools would otherwise rerun this stage forever.
+                    os.utime(output / MANIFEST_NAME)
+                    return Manifest.read(output)
+                records = (executor or LocalExecutor(workers, False, reporter)).run(plan)
+                manifest = finalize(plan, records)
+            except IncompleteRun:
+                raise
+            except (ThresherError, OSError):
+                # Bad input, a full or read-only disk, an input deleted mid-run: a folder this run created
+                # goes away whole (which also frees the space). A folder of an earlier run stays, but
+                # without a manifest, so no later stage mistakes it for a finished shard set.
+                if fresh:
+                    shutil.rmtree(output, ignore_errors=True)
+                raise
+            reporter.stage_finished(manifest)
+            return manifest
+    except OSError as exc:
+        # Here from the parent or, pickled, from a pool worker. A pyarrow write error names no file:
+        # then the output folder is the place to look (for a full disk, its file system).
+        raise filesystem_error(exc, exc.filename or output) from None

@@ -12,6 +12,7 @@ from datasketches import kll_doubles_sketch
 
 from thresher.pipelines.manifest import MANIFEST_NAME, Manifest, RowCounts
 from thresher.pipelines.shards import ShardSet, iter_batches
+from thresher.pipelines.status import is_recipe_output, run_status
 
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 
@@ -37,6 +38,32 @@ class ShardSetReport:
     lineage: list[LineageStep]  # this set first, back to ingest
 
 
+@dataclass
+class StepSummary:
+    path: Path
+    stage: str
+    state: str  # as `thresher status` says: finished, failed, running, queued, unfinished, pending
+    tasks: tuple[int, int]  # (done, all)
+    counts: RowCounts | None  # what a finished step kept and dropped
+
+
+def describe_steps(root: Path) -> list[StepSummary] | None:
+    """One summary per step of a recipe output (the folder holding its NN-<step> folders), those not
+    finished or not started too; None when `root` is not a recipe output."""
+    if (root / MANIFEST_NAME).exists() or not is_recipe_output(root):
+        return None
+    return [
+        StepSummary(
+            step.folder,
+            step.stage,
+            step.state,
+            step.tasks,
+            Manifest.read(step.folder).totals if step.state == "finished" else None,
+        )
+        for step in run_status(root)
+    ]
+
+
 def _numeric(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
@@ -52,12 +79,6 @@ def lineage(path: Path) -> list[LineageStep]:
         steps.append(LineageStep(str(current), m.stage, m.totals, [f.path for f in m.input.files]))
         current = Path(m.input.path) if m.input.stage else None
     return steps
-
-
-def _quantiles(sketch: kll_doubles_sketch) -> list[float]:
-    # KLL's interior quantiles are estimates (and randomised run to run); its min and max are exact.
-    inner = sketch.get_quantiles(list(QUANTILES[1:-1]))
-    return [sketch.get_min_value(), *inner, sketch.get_max_value()]
 
 
 def _quantiles(sketch: kll_doubles_sketch) -> list[float]:

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from thresher.pipelines.atomic import write_json
 from thresher.pipelines.errors import ThresherError
@@ -112,9 +112,16 @@ class Manifest(_Model):
         description="Stage-specific figures later stages or reports read without the data.",
     )
     versions: dict[str, str] = Field(description="thresher and key library versions.")
+    _outputs_by_name: dict[str, FileRecord] | None = PrivateAttr(default=None)
 
     def write(self, directory: Path) -> None:
         write_json(directory / MANIFEST_NAME, self.model_dump(mode="json"))
+
+    def output(self, name: str) -> FileRecord | None:
+        """The listed output shard of that file name, if any."""
+        if self._outputs_by_name is None:
+            self._outputs_by_name = {f.path: f for f in self.outputs}
+        return self._outputs_by_name.get(name)
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:

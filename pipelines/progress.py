@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -184,9 +185,18 @@ def make_reporter(quiet: bool = False) -> Reporter:
     return LogReporter()
 
 
+class IsoFormatter(logging.Formatter):
+    """Timestamps in ISO 8601 with the local UTC offset (2026-12-01T20:18:14.120+00:00), so lines from
+    machines in different zones (a login node, compute nodes, a laptop) sort and compare correctly."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = datetime.fromtimestamp(record.created).astimezone()
+        return stamp.isoformat(timespec="milliseconds")
+
+
 def configure_logging(quiet: bool = False, log_file: Path | None = None) -> None:
     """Plain records to stderr when it is not a terminal (cron, pipes, batch jobs) and to --log-file."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter = IsoFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(formatter)
     console.setLevel(logging.WARNING if quiet or sys.stderr.isatty() else logging.INFO)

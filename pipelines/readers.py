@@ -6,9 +6,11 @@ names the file and, where the format allows, the line.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -17,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from thresher.pipelines.errors import ThresherError, UsageError
+from thresher.pipelines.errors import ThresherError, UsageError, filesystem_error
 from thresher.pipelines.shards import iter_batches
 
 JSONL_SUFFIXES = (
@@ -41,34 +43,66 @@ def is_hf_dataset(path: Path) -> bool:
 
 def expand_inputs(inputs: list[Path], output: Path | None = None) -> list[Path]:
     """Files and dataset folders to read, in a stable order: folders are searched for supported files,
-    leaving out `output` (an output folder inside an input folder would have a rerun read its own shards)."""
+    leaving out `output` (an output folder inside an input folder would have a rerun read its own shards).
+
+    Each real file or folder is read once, however many links or arguments lead to it: a link back up
+    the tree (`d/self -> d`) would otherwise be followed until the path grew too long, reading every file
+    dozens of times.
+    """
     found: list[Path] = []
+    seen: set[Path] = set()
+    exclude = Path(os.path.realpath(output)) if output else None
     for path in inputs:
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise UsageError(f"{path}: input does not exist")
+        real = _real_path(path, UsageError)
+        if real in seen:
+            continue
         if path.is_file() or is_hf_dataset(path):
+            seen.add(real)
             found.append(path)
             continue
-        files = _inputs_under(path, output.resolve() if output else None)
+        files = _inputs_under(path, real, exclude, seen)
         if not files:
             raise ThresherError(f"{path}: no input files here (looked for {', '.join(SUFFIXES)})")
         found.extend(files)
     return found
 
 
-def _inputs_under(folder: Path, output: Path | None) -> list[Path]:
+def _real_path(path: Path, error: type[ThresherError] = ThresherError) -> Path:
+    """The path with every link resolved; a link loop or a link to nothing is an error naming it."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(f"{path}: symbolic link loop ({os.strerror(exc.errno)})") from None
+        if path.is_symlink():
+            raise error(f"{path}: symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise filesystem_error(exc, path) from None
+
+
+def _inputs_under(folder: Path, real: Path, output: Path | None, seen: set[Path]) -> list[Path]:
     # Depth first in name order, which is sorted path order. A saved dataset is one input, not its
     # .json metadata; names starting with "." or "_" (a shard set's _dropped/, _thresher/, _manifest.json)
     # are not data, so a shard set folder can be ingested again.
+    seen.add(real)
     found: list[Path] = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith((".", "_")) or (output is not None and p.resolve() == output):
+        if p.name.startswith((".", "_")):
+            continue
+        is_dir = p.is_dir()
+        if not (is_dir or p.name.endswith(SUFFIXES)):
+            continue
+        real_p = _real_path(p)
+        if real_p in seen or real_p == output:
             continue
         if is_hf_dataset(p):
+            seen.add(real_p)
             found.append(p)
-        elif p.is_dir():
-            found.extend(_inputs_under(p, output))
-        elif p.is_file() and p.name.endswith(SUFFIXES):
+        elif is_dir:
+            found.extend(_inputs_under(p, real_p, output, seen))
+        elif p.is_file():
+            seen.add(real_p)
             found.append(p)
     return found
 
@@ -85,8 +119,8 @@ def _open_text(path: Path) -> IO[bytes]:
 
 def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
     rows: list[dict[str, object]] = []
+    linenos: list[int] = []  # line of each row in `rows`: blank lines hold no row
     schema: pa.Schema | None = None
-    first = last = 0  # lines of the batch in `rows`
     with _open_text(path) as f:
         try:
             for lineno, raw in enumerate(f, start=1):
@@ -107,22 +141,45 @@ def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
                     raise ThresherError(
                         f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
                     )
-                first, last = (first if rows else lineno), lineno
                 rows.append(obj)
+                linenos.append(lineno)
                 if len(rows) >= batch_rows:
-                    table, schema = _rows_to_table(rows, schema, _lines(path, first, last))
+                    table, schema = _jsonl_table(rows, schema, path, linenos)
                     yield table
-                    rows = []
+                    rows, linenos = [], []
         except (OSError, EOFError, ValueError) as exc:
             if isinstance(exc, ThresherError):
                 raise
             raise ThresherError(f"{path}: cannot decompress or read ({exc})") from None
     if rows:
-        yield _rows_to_table(rows, schema, _lines(path, first, last))[0]
+        yield _jsonl_table(rows, schema, path, linenos)[0]
 
 
 def _lines(path: Path, first: int, last: int) -> str:
     return f"{path}:{first}" if first == last else f"{path}:{first}-{last}"
+
+
+def _jsonl_table(
+    rows: list[dict[str, object]], schema: pa.Schema | None, path: Path, linenos: list[int]
+) -> tuple[pa.Table, pa.Schema]:
+    try:
+        return _rows_to_table(rows, schema, _lines(path, linenos[0], linenos[-1]))
+    except UnicodeEncodeError:
+        # json.loads accepts an unpaired surrogate escape ("\ud800"), which no UTF-8 text can hold; the
+        # rows are searched only now, so well-formed input pays nothing for the check.
+        bad = next((n for n, row in zip(linenos, rows, strict=True) if not _encodable(row)), None)
+        where = f"{path}:{bad}" if bad is not None else _lines(path, linenos[0], linenos[-1])
+        raise ThresherError(
+            f"{where}: lone surrogate (a \\ud800-\\udfff escape without its pair): not valid Unicode text"
+        ) from None
+
+
+def _encodable(row: dict[str, object]) -> bool:
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _rows_to_table(
@@ -187,8 +244,13 @@ def _hf(path: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
 def read_source(
     path: Path, batch_rows: int, *, split: str | None = None, string_columns: list[str] | None = None
 ) -> Iterator[pa.Table]:
-    """Stream one raw input as Arrow tables."""
+    """Stream one raw input as Arrow tables. A zero-byte file holds no rows, whatever its format, so it
+    reads as empty (not as a broken Parquet or CSV file): the caller decides whether empty is allowed."""
     name = path.name
+    if not path.exists():
+        raise ThresherError(f"{path}: input is gone (deleted or moved after the run started)")
+    if path.is_file() and path.stat().st_size == 0:
+        return
     if is_hf_dataset(path):
         yield from _hf(path, batch_rows, split)
     elif name.endswith(JSONL_SUFFIXES):

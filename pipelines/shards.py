@@ -44,6 +44,29 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
         raise ThresherError(f"{path}: not a readable Parquet file (truncated or corrupt?): {exc}") from None
 
 
+def _changed(manifest: Manifest) -> str:
+    return f"the shard set was changed after stage '{manifest.stage}' wrote it; rerun that stage"
+
+
+def _check_listed(root: Path, manifest: Manifest, path: Path, rows: int) -> None:
+    """A shard must be what the manifest says the stage wrote: a deleted, added or rewritten shard would
+    otherwise pass for the stage's output. Footer row counts and sizes are cheap; comparing digests would
+    mean reading every byte of the input each time it is opened."""
+    listed = manifest.output(path.name)
+    where = root / MANIFEST_NAME
+    if listed is None:
+        raise ThresherError(f"{path}: not listed in {where}; {_changed(manifest)} (or remove the file)")
+    if listed.rows is not None and listed.rows != rows:
+        raise ThresherError(
+            f"{path}: holds {rows} rows where {where} lists {listed.rows}; {_changed(manifest)}"
+        )
+    size = path.stat().st_size
+    if listed.size != size:
+        raise ThresherError(
+            f"{path}: is {size} bytes where {where} lists {listed.size}; {_changed(manifest)}"
+        )
+
+
 @dataclass
 class ShardSet:
     """A directory of `*.parquet` shards (sorted by name) and, when thresher wrote it, its manifest."""
@@ -73,11 +96,21 @@ class ShardSet:
                 "writes it, which resumes where it stopped"
             )
         paths = sorted(root.glob("*.parquet"))
+        if manifest is not None:
+            present = {p.name for p in paths}
+            for listed in manifest.outputs:
+                if listed.path not in present:
+                    raise ThresherError(
+                        f"{root / listed.path}: missing, though {root / MANIFEST_NAME} lists it; "
+                        f"{_changed(manifest)}"
+                    )
         if not paths:
             raise ThresherError(f"{root}: no Parquet shards (*.parquet) in this directory")
         shards = []
         for path in paths:
             pf = _open_parquet(path)
+            if manifest is not None:
+                _check_listed(root, manifest, path, pf.metadata.num_rows)
             schema = pf.schema_arrow
             for column in required_columns:
                 if column not in schema.names:
@@ -102,10 +135,9 @@ class ShardSet:
     def digest(self, shard: Shard) -> str:
         # A manifest written by the stage that produced the shard already knows the digest; trust it while
         # the size still matches instead of re-reading the file.
-        if self.manifest is not None:
-            for out in self.manifest.outputs:
-                if out.path == shard.name and out.size == shard.size:
-                    return out.digest
+        listed = self.manifest.output(shard.name) if self.manifest is not None else None
+        if listed is not None and listed.size == shard.size:
+            return listed.digest
         return file_digest(shard.path)
 
 

@@ -1,28 +1,59 @@
 """The Slurm executor: each phase of a stage becomes one `sbatch --array` job whose tasks run
 `thresher task`, chained with `--dependency=afterok`. The submitting command waits for the chain, reads
 the task records (not sacct, which many clusters lack) and finishes the stage; if a task failed it says
-which, and running the same command again resubmits only unfinished tasks."""
+which, and running the same command again resubmits only unfinished tasks.
+
+The ids of the submitted jobs are recorded in `_thresher/slurm/jobs.json` as they are submitted, so a
+rerun after the submitter died (an ssh drop) waits for the chain still in the queue instead of submitting
+a second one beside it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from thresher.pipelines import atomic
 from thresher.pipelines.errors import IncompleteRun, ThresherError
 from thresher.pipelines.executor import _digest_index, is_task_done, task_fingerprint
 from thresher.pipelines.manifest import TaskRecord
 from thresher.pipelines.plan import Plan
 from thresher.pipelines.progress import Reporter, SilentReporter
 
+log = logging.getLogger("thresher")
+
+# States after which an array task never runs again (squeue's long names).
+ENDED = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "TIMEOUT",
+    }
+)
+JOBS_FILE = "jobs.json"
+
 
 class DryRun(Exception):
     """Raised after the scripts of a dry run are written and shown."""
+
+
+class SlurmUnreachable(ThresherError):
+    """squeue gave no definite answer (controller down or timing out) for longer than we were willing to
+    wait. Says nothing about the jobs, which may still be queued."""
 
 
 @dataclass
@@ -35,6 +66,24 @@ class SlurmOptions:
     extra: list[str] = field(default_factory=list)
     dry_run: bool = False
     poll_seconds: float = 2.0
+    # How long squeue may keep failing before the submitter gives up waiting (the jobs stay queued and
+    # a rerun adopts them), and the first pause between tries, doubled each time up to a minute.
+    query_patience: float = 1800.0
+    query_backoff: float = 1.0
+
+
+@dataclass
+class ArrayTask:
+    state: str  # squeue's long state name: PENDING, RUNNING, COMPLETED, CANCELLED ...
+    reason: str = ""
+
+
+@dataclass
+class SubmittedJob:
+    phase_index: int
+    phase: str
+    job: str
+    tasks: list[int]  # the array indices it was submitted with
 
 
 def _array_spec(indices: list[int], max_concurrent: int | None) -> str:
@@ -48,6 +97,15 @@ def _array_spec(indices: list[int], max_concurrent: int | None) -> str:
     return f"{spec}%{max_concurrent}" if max_concurrent else spec
 
 
+def _parse_array_spec(spec: str) -> list[int]:
+    indices: list[int] = []
+    for part in spec.split("%")[0].split(","):
+        if part:
+            first, _, last = part.partition("-")
+            indices += range(int(first), int(last or first) + 1)
+    return indices
+
+
 def _sbatch(args: list[str]) -> str:
     if shutil.which("sbatch") is None:
         raise ThresherError("sbatch not found: --executor slurm needs the Slurm client tools on PATH")
@@ -58,12 +116,83 @@ def _sbatch(args: list[str]) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-def _in_queue(job_ids: list[str]) -> bool:
-    proc = subprocess.run(
-        ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True
-    )
-    # squeue exits non-zero for job ids it no longer knows: they have left the queue.
-    return proc.returncode == 0 and bool(proc.stdout.strip())
+def query_jobs(job_ids: list[str], patience: float, backoff: float = 1.0) -> dict[str, dict[int, ArrayTask]]:
+    """The array tasks Slurm still knows of these jobs, by job id and index. A job missing from the answer
+    has left Slurm's memory (ended more than MinJobAge ago). Only a definite answer counts: a non-zero exit
+    that is not "invalid job id" (a controller timeout, a restart) is retried with growing pauses, and after
+    `patience` seconds without one this raises SlurmUnreachable rather than guess that the jobs ended."""
+    if not job_ids:
+        return {}
+    # -t all keeps ended tasks in the answer (for MinJobAge), so a cancelled or failed one shows as such;
+    # -r lists each pending array index on its own line instead of as one "[0-9]" range.
+    command = ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%F|%K|%T|%r"]
+    deadline = time.monotonic() + patience
+    delay = backoff
+    while True:
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            code, said = proc.returncode, " ".join((proc.stderr.strip() or proc.stdout.strip()).split())
+        except FileNotFoundError:
+            raise ThresherError(
+                "squeue not found: --executor slurm needs the Slurm client tools on PATH"
+            ) from None
+        except subprocess.TimeoutExpired:
+            code, said = -1, "squeue did not answer within 120 s"
+        if code == 0:
+            return _parse_queue(proc.stdout)
+        # squeue says this only when it reached the controller and none of the ids is known to it.
+        if "invalid job id" in said.lower():
+            return {}
+        if time.monotonic() + delay > deadline:
+            raise SlurmUnreachable(f"squeue gave no answer for {patience:.0f} s (last: {said or code})")
+        log.warning("squeue failed (%s); asking again in %.0f s", said or f"exit {code}", delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 60.0)
+
+
+def _parse_queue(text: str) -> dict[str, dict[int, ArrayTask]]:
+    jobs: dict[str, dict[int, ArrayTask]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[1].isdigit():
+            continue
+        reason = parts[3] if len(parts) > 3 and parts[3] != "None" else ""
+        jobs.setdefault(parts[0], {})[int(parts[1])] = ArrayTask(parts[2], reason)
+    return jobs
+
+
+def jobs_path(plan: Plan) -> Path:
+    return plan.state_dir / "slurm" / JOBS_FILE
+
+
+def read_jobs(plan: Plan) -> tuple[str | None, list[SubmittedJob]]:
+    """(fingerprint of the plan they ran, jobs) as the last submitter recorded them."""
+    try:
+        data = json.loads(jobs_path(plan).read_text())
+    except (FileNotFoundError, ValueError):
+        return None, []
+    if isinstance(data, list):  # written before the plan's fingerprint was recorded beside the jobs
+        data = {"fingerprint": None, "jobs": data}
+    names = [p.name for p in plan.phases]
+    jobs = []
+    for entry in data.get("jobs", []):
+        index = entry.get("phase_index", names.index(entry["phase"]) if entry["phase"] in names else -1)
+        jobs.append(
+            SubmittedJob(index, entry["phase"], str(entry["job"]), _parse_array_spec(entry.get("tasks", "")))
+        )
+    return data.get("fingerprint"), jobs
+
+
+def _write_jobs(plan: Plan, jobs: list[SubmittedJob]) -> None:
+    entries = [
+        {"phase": j.phase, "phase_index": j.phase_index, "job": j.job, "tasks": _array_spec(j.tasks, None)}
+        for j in jobs
+    ]
+    atomic.write_json(jobs_path(plan), {"fingerprint": plan.fingerprint, "jobs": entries})
+
+
+def _live(tasks: dict[str, dict[int, ArrayTask]]) -> list[str]:
+    return [job for job, known in tasks.items() if any(t.state not in ENDED for t in known.values())]
 
 
 class SlurmExecutor:
@@ -104,7 +233,9 @@ class SlurmExecutor:
     def run(self, plan: Plan) -> list[TaskRecord]:
         logs = plan.state_dir / "slurm"
         logs.mkdir(parents=True, exist_ok=True)
-        jobs: list[tuple[int, str]] = []
+        if not self.options.dry_run:
+            self._adopt(plan)
+        jobs: list[SubmittedJob] = []
         earlier_complete = True
         for phase_index, phase in enumerate(plan.phases):
             pending = self._pending(plan, phase_index, earlier_complete)
@@ -118,50 +249,126 @@ class SlurmExecutor:
                 continue
             args = ["--kill-on-invalid-dep=yes"]
             if jobs:
-                args.append(f"--dependency=afterok:{jobs[-1][1]}")
-            try:
-                job = _sbatch([*args, str(path)])
-            except ThresherError:
-                # Leave nothing half-submitted: earlier phases' jobs would run with no one waiting for them.
-                if jobs:
-                    subprocess.run(["scancel", *(j for _, j in jobs)], capture_output=True)
-                raise
-            jobs.append((phase_index, job))
-            (logs / "jobs.json").write_text(
-                json.dumps([{"phase": plan.phases[i].name, "job": j} for i, j in jobs], indent=2) + "\n"
+                args.append(f"--dependency=afterok:{jobs[-1].job}")
+            self._submit(plan, phase_index, pending, [*args, str(path)], jobs)
+            self.reporter.message(
+                f"{plan.stage}/{phase.name}: submitted job {jobs[-1].job} ({len(pending)} tasks)"
             )
-            self.reporter.message(f"{plan.stage}/{phase.name}: submitted job {job} ({len(pending)} tasks)")
         if self.options.dry_run:
             raise DryRun
         self._wait(plan, jobs)
         return self._records(plan)
 
-    def _wait(self, plan: Plan, jobs: list[tuple[int, str]]) -> None:
-        for position, (phase_index, job) in enumerate(jobs):
-            while _in_queue([job]):
-                time.sleep(self.options.poll_seconds)
-            missing = [
-                i
-                for i in range(len(plan.phases[phase_index].tasks))
-                if plan.read_record(phase_index, i) is None
-            ]
+    def _submit(
+        self, plan: Plan, phase_index: int, pending: list[int], args: list[str], jobs: list[SubmittedJob]
+    ) -> None:
+        # A hang-up between sbatch returning and the id reaching jobs.json would leave a job that no rerun
+        # knows of, so SIGHUP and SIGTERM wait until the id is on disk (sbatch inherits the mask and so
+        # finishes too). Not SIGINT: Ctrl-C must still stop an sbatch hanging on a slow controller.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM})
+        try:
+            try:
+                job = _sbatch(args)
+            except ThresherError:
+                # Leave nothing half-submitted: earlier phases' jobs would run with no one waiting for them.
+                if jobs:
+                    subprocess.run(["scancel", *(j.job for j in jobs)], capture_output=True)
+                raise
+            jobs.append(SubmittedJob(phase_index, plan.phases[phase_index].name, job, pending))
+            _write_jobs(plan, jobs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _query(self, job_ids: list[str]) -> dict[str, dict[int, ArrayTask]]:
+        try:
+            return query_jobs(job_ids, self.options.query_patience, self.options.query_backoff)
+        except SlurmUnreachable as exc:
+            raise IncompleteRun(
+                f"{exc}; job(s) {', '.join(job_ids)} may still be queued: run the same command again "
+                "to wait for them"
+            ) from None
+
+    def _adopt(self, plan: Plan) -> None:
+        """Wait for jobs an earlier submitter of this output left in the queue, so their tasks do not run a
+        second time beside a new chain; cancel them first if they ran another plan (params changed)."""
+        fingerprint, earlier = read_jobs(plan)
+        if not earlier:
+            return
+        live = _live(self._query([j.job for j in earlier]))
+        if not live:
+            return
+        if fingerprint not in (None, plan.fingerprint):
+            # Their tasks would read the new plan from disk and run its tasks under the old indices.
+            subprocess.run(["scancel", *live], capture_output=True)
+            self.reporter.message(
+                f"{plan.stage}: cancelled job(s) {', '.join(live)} of an earlier run with other params "
+                "or inputs"
+            )
+        else:
+            self.reporter.message(
+                f"{plan.stage}: adopting job(s) {', '.join(live)} submitted by an earlier run of this "
+                "command; waiting for them instead of submitting again"
+            )
+        self._wait_ended(live)
+
+    def _wait_ended(self, job_ids: list[str]) -> dict[str, dict[int, ArrayTask]]:
+        """Poll until no task of these jobs can run any more; return each task's last state seen."""
+        seen: dict[str, dict[int, ArrayTask]] = {job: {} for job in job_ids}
+        while True:
+            now = self._query(job_ids)
+            for job in job_ids:
+                known = now.get(job, {})
+                # An index that disappears before it ended was cancelled while pending (see _wait).
+                seen[job] = {i: t for i, t in seen[job].items() if i in known or t.state in ENDED}
+                seen[job].update(known)
+            if not _live(now):
+                return seen
+            time.sleep(self.options.poll_seconds)
+
+    def _wait(self, plan: Plan, jobs: list[SubmittedJob]) -> None:
+        for position, job in enumerate(jobs):
+            seen = self._wait_ended([job.job])[job.job]
+            phase = plan.phases[job.phase_index]
+            missing = [i for i in range(len(phase.tasks)) if plan.read_record(job.phase_index, i) is None]
             if missing:
-                later = [j for _, j in jobs[position + 1 :]]
+                later = [j.job for j in jobs[position + 1 :]]
                 if later:
                     subprocess.run(["scancel", *later], capture_output=True)
-                phase = plan.phases[phase_index]
-                errors = [
-                    json.loads(plan.failure_path(phase_index, i).read_text())["error"]
-                    for i in missing
-                    if plan.failure_path(phase_index, i).exists()
-                ]
-                first_error = f"; first error: {errors[0]}" if errors else ""
+                errors = [self._mark_failed(plan, job, i, self._last_state(job, seen, i)) for i in missing]
+                first_error = next((f"; first error: {e}" for e in errors if e), "")
                 raise IncompleteRun(
                     f"{plan.stage}/{phase.name}: {len(missing)} task(s) did not finish (indices "
                     f"{_array_spec(missing, None)}){first_error}; logs in {plan.state_dir / 'slurm'}; "
                     "run the same command again to resubmit them"
                 )
-            self.reporter.message(f"{plan.stage}/{plan.phases[phase_index].name}: job {job} done")
+            self.reporter.message(f"{plan.stage}/{phase.name}: job {job.job} done")
+
+    @staticmethod
+    def _last_state(job: SubmittedJob, seen: dict[int, ArrayTask], index: int) -> ArrayTask | None:
+        if index in seen:
+            return seen[index]
+        if seen and index in job.tasks:
+            # Slurm keeps a started array task that is cancelled (as CANCELLED) but drops a pending one
+            # without a trace: the job was known, this index was not, so it was cancelled before it ran.
+            return ArrayTask("CANCELLED", "removed from the queue before it ran")
+        return None
+
+    def _mark_failed(self, plan: Plan, job: SubmittedJob, index: int, task: ArrayTask | None) -> str | None:
+        """Add the Slurm job and state to the task's failure marker (writing one for a task killed before
+        it could, e.g. cancelled), so `thresher status` shows it after Slurm has forgotten the job."""
+        path = plan.failure_path(job.phase_index, index)
+        try:
+            marker = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            marker = None
+        if task is None:
+            return marker["error"] if marker else None
+        where = f"Slurm job {job.job}_{index} {task.state}" + (f" ({task.reason})" if task.reason else "")
+        if marker is None:
+            marker = {"key": plan.phases[job.phase_index].tasks[index].key, "error": where}
+        marker.update(slurm_job=f"{job.job}_{index}", slurm_state=task.state)
+        atomic.write_json(path, marker)
+        return str(marker["error"])
 
     def _records(self, plan: Plan) -> list[TaskRecord]:
         records = []
@@ -172,24 +379,3 @@ class SlurmExecutor:
                     raise ThresherError(f"{plan.output}: {phase.name} task {i} has no record")
                 records.append(record)
         return records
-
-
-def task_states(plan: Plan) -> list[tuple[str, int, int, int]]:
-    """(phase, done, failed, pending) per phase, from the task records and failure markers."""
-    states = []
-    for phase_index, phase in enumerate(plan.phases):
-        done = failed = 0
-        for i in range(len(phase.tasks)):
-            if plan.record_path(phase_index, i).exists():
-                done += 1
-            elif plan.failure_path(phase_index, i).exists():
-                failed += 1
-        states.append((phase.name, done, failed, len(phase.tasks) - done - failed))
-    return states
-
-
-def stage_folders(output: Path) -> list[Path]:
-    """The stage outputs under a recipe output (OUTPUT/NN-*/), or OUTPUT itself for one stage."""
-    if (output / "_thresher" / "plan.json").exists():
-        return [output]
-    return sorted(p for p in output.iterdir() if p.is_dir() and (p / "_thresher" / "plan.json").exists())

@@ -9,8 +9,10 @@ is tokenised and parsed here, never handed to `eval`, so a condition can only re
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,9 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false"}
+# Parentheses and `not`s nested deeper than this are refused: each level is a few Python frames of the
+# recursive parser, and no hand-written condition comes near it.
+MAX_NESTING = 100
 _COMPARE = {
     "==": operator.eq,
     "=": operator.eq,
@@ -140,6 +145,7 @@ class _Parser:
         self.tokens = _tokens(text)
         self.i = 0
         self.columns: list[str] = []
+        self.depth = 0
 
     def parse(self) -> pc.Expression:
         if self.tokens[0].kind == "end":
@@ -191,8 +197,21 @@ class _Parser:
 
     def _not(self) -> Any:
         if self._accept("keyword", "not"):
-            return ~_boolean(self._not())
+            with self._nested():
+                return ~_boolean(self._not())
         return self._predicate()
+
+    @contextlib.contextmanager
+    def _nested(self) -> Iterator[None]:
+        """One level deeper (a `(` or `not` just read), failing before the recursion gets too deep."""
+        if self.depth >= MAX_NESTING:
+            self.i -= 1
+            self._fail(f"parentheses and 'not' nested more than {MAX_NESTING} deep")
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def _predicate(self) -> Any:
         left = self._operand()
@@ -243,7 +262,8 @@ class _Parser:
             self.columns.append(token.value)
             return pc.field(token.value)
         if token.kind == "op" and token.value == "(":
-            inner = self._or()
+            with self._nested():
+                inner = self._or()
             self._expect("op", ")", "')'")
             return inner
         self.i -= 1

@@ -17,6 +17,8 @@ and needs no numpy. Model files are fastText's own .bin/.ftz format; nothing is 
 from __future__ import annotations
 
 import functools
+import mmap
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,9 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> FastTextModel:
     # mtime and size are in the key so a model retrained at the same path is read again.
     import fasttext.FastText as ft  # heavy import: only when a model is used
 
+    problem = _layout_problem(Path(path))
+    if problem:
+        raise ThresherError(f"{path}: not a fastText model (.bin or .ftz): {problem}")
     try:
         # _FastText directly: `fasttext.load_model` only adds a deprecation warning on stderr.
         raw = ft._FastText(model_path=path)
@@ -134,6 +139,105 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> FastTextModel:
     if raw.f.getArgs().model.name != "supervised":
         raise ThresherError(f"{path}: a fastText word-vector model, not a supervised classifier")
     return FastTextModel(raw, Path(path))
+
+
+# fastText's file format (src/fasttext.cc, args.cc, dictionary.cc, densematrix.cc, quantmatrix.cc,
+# productquantizer.cc): little-endian, no padding.
+_MAGIC = 793712314
+_MAX_VERSION = 12
+# dim ws epoch minCount neg wordNgrams loss model bucket minn maxn lrUpdateRate, then t
+_ARGS = struct.Struct("<12id")
+_DICTIONARY = struct.Struct("<iiiqq")  # size nwords nlabels ntokens pruneidx_size
+_WORD_TAIL = 9  # after a word's terminating NUL: int64 count, int8 type
+_KSUB = 256  # centroids per product-quantizer subspace
+
+
+class _Short(Exception):
+    """The file ends before the part its header describes."""
+
+
+class _Cursor:
+    def __init__(self, data: mmap.mmap, size: int) -> None:
+        self.data, self.size, self.pos = data, size, 0
+
+    def skip(self, n: int, what: str) -> None:
+        if n < 0 or n > self.size - self.pos:
+            raise _Short(f"{what} needs {n:,} bytes, {self.size - self.pos:,} are left")
+        self.pos += n
+
+    def read(self, layout: str | struct.Struct, what: str) -> tuple[Any, ...]:
+        layout = struct.Struct(layout) if isinstance(layout, str) else layout
+        start = self.pos
+        self.skip(layout.size, what)
+        return layout.unpack_from(self.data, start)
+
+
+def _layout_problem(path: Path) -> str | None:
+    """Why the file cannot be a fastText model, or None when the layout its header describes fills the
+    file exactly.
+
+    fastText trusts every count it reads: a dictionary larger than the file has it append end-of-file
+    bytes to one word forever, memory growing without end, and a matrix shape past the file's end is one
+    huge allocation. So each count is checked against the bytes left before fastText sees the file.
+    """
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, too short for a header"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        cur = _Cursor(data, size)
+        try:
+            magic, version = cur.read("<ii", "the header")
+            if magic != _MAGIC:
+                return "wrong magic number"
+            if not 0 <= version <= _MAX_VERSION:
+                return f"file format version {version}; fastText 0.9.2 reads versions up to {_MAX_VERSION}"
+            dim, *_, loss, model, bucket, _minn, _maxn, _lr_update, _t = cur.read(_ARGS, "the settings")
+            if not (dim > 0 and 1 <= loss <= 4 and 1 <= model <= 3 and bucket >= 0):
+                return f"impossible settings (dim {dim}, loss {loss}, model {model}, bucket {bucket})"
+            words, nwords, nlabels, _ntokens, pruned = cur.read(_DICTIONARY, "the dictionary header")
+            if nwords < 0 or nlabels < 0 or nwords + nlabels != words:
+                return f"impossible dictionary ({nwords:,} words + {nlabels:,} labels != {words:,})"
+            # Each entry is at least its NUL and its tail: a huge count fails here, before the walk.
+            least, left = words * (1 + _WORD_TAIL), size - cur.pos
+            if least > left:
+                raise _Short(f"{words:,} dictionary entries need {least:,} bytes or more, {left:,} are left")
+            find = data.find
+            for _ in range(words):
+                end = find(b"\0", cur.pos)
+                if end < 0:
+                    raise _Short("the file ends inside the dictionary")
+                cur.pos = end + 1
+                cur.skip(_WORD_TAIL, "a dictionary entry")
+            cur.skip(max(pruned, 0) * 8, "the pruning index")
+            (quant_input,) = cur.read("<?", "a flag")
+            _matrix(cur, quant_input, "input")
+            (quant_output,) = cur.read("<?", "a flag")
+            _matrix(cur, quant_input and quant_output, "output")
+        except _Short as exc:
+            return f"truncated or corrupt: {exc}"
+        if cur.pos != size:
+            return f"truncated or corrupt: {size - cur.pos:,} bytes after the end of the model"
+    return None
+
+
+def _matrix(cur: _Cursor, quantized: bool, name: str) -> None:
+    if not quantized:
+        rows, cols = cur.read("<qq", f"the {name} matrix shape")
+        if rows < 0 or cols < 0:
+            raise _Short(f"the {name} matrix has shape {rows} x {cols}")
+        cur.skip(rows * cols * 4, f"the {name} matrix")
+        return
+    with_norms, rows, _cols, codes = cur.read("<?qqi", f"the {name} matrix header")
+    cur.skip(codes, f"the {name} matrix codes")
+    _quantizer(cur, name)
+    if with_norms:
+        cur.skip(rows, f"the {name} matrix norm codes")
+        _quantizer(cur, name)
+
+
+def _quantizer(cur: _Cursor, name: str) -> None:
+    dim, _subspaces, _sub_dim, _last_sub_dim = cur.read("<iiii", f"the {name} quantizer header")
+    cur.skip(dim * _KSUB * 4, f"the {name} quantizer centroids")
 
 
 def train(train_file: Path, settings: TrainSettings) -> FastTextModel:

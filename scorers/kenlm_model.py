@@ -77,13 +77,36 @@ def load_sentencepiece(path: Path) -> Any:
         raise ThresherError(f"{path}: not a sentencepiece model ({str(exc).splitlines()[0]})") from None
 
 
+# What a KenLM binary starts with, and the compressed forms KenLM reads an ARPA file from.
+_KENLM_STARTS = (b"mmap lm http://kheafield.com/code", b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
+
+
+def _looks_like_kenlm(path: Path) -> bool:
+    """A KenLM binary, compressed, or an ARPA file: after blank and `#` lines, ARPA text opens with
+    `\\data\\`. Checked first because KenLM reads anything else as ARPA text, drawing a progress bar
+    on stderr before it fails."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(_KENLM_STARTS):
+        return True
+    for line in head.splitlines():
+        if line.strip() and not line.startswith(b"#"):
+            return line.strip() == b"\\data\\"
+    return True  # nothing but blank or comment lines so far: KenLM decides
+
+
 def load_kenlm(path: Path) -> Any:
     import kenlm
 
+    if not _looks_like_kenlm(path):
+        raise ThresherError(f"{path}: not a KenLM model (neither a KenLM binary nor an ARPA file)")
     try:
         return kenlm.Model(str(path))
     except OSError as exc:
         raise ThresherError(f"{path}: not a KenLM model ({str(exc).split(' (')[0]})") from None
+    except UnicodeDecodeError:
+        # KenLM's message quotes the bytes it could not parse, which then fail to decode.
+        raise ThresherError(f"{path}: not a KenLM model (corrupt or truncated)") from None
 
 
 def train_sentencepiece(

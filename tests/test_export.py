@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 import zstandard
 from conftest import Cli, read_rows, write_jsonl
+
+from thresher.pipelines.digest import file_digest
 
 ROWS = [
     {"id": "a", "text": "plain text", "n": 1, "tag": "x"},
@@ -48,8 +54,10 @@ def test_jsonl_round_trip(cli: Cli, tmp_path: Path, shard_set: Path, suffix: str
     assert "exported 5 rows" in result.output
     lines = decompress(target).decode("utf-8").splitlines()
     assert [json.loads(line) for line in lines] == ROWS
-    # Nothing but the export is left next to it (no temp file).
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["raw", "set", target.name])
+    # Nothing but the export and its lineage is left next to it (no temp file).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["raw", "set", target.name, f"{target.name}.lineage.json"]
+    )
 
     again = tmp_path / "again"
     result = cli("ingest", target, again, "--workers", "1", "-q")
@@ -80,8 +88,9 @@ def test_hf_round_trip(cli: Cli, tmp_path: Path, shard_set: Path) -> None:
     assert isinstance(ds, datasets.Dataset)
     assert ds.to_list() == ROWS
     assert ds.column_names == ["id", "text", "n", "tag"]
-    # The cache and temp folders used on the way are gone.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "raw", "set"]
+    # The cache and temp folders used on the way are gone, and the library's progress bars stayed off.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "hf.lineage.json", "raw", "set"]
+    assert "%|" not in result.output and "it/s" not in result.output
 
     again = tmp_path / "again"
     result = cli("ingest", target, again, "--workers", "1", "-q")
@@ -134,3 +143,93 @@ def test_shards_with_different_columns(cli: Cli, tmp_path: Path) -> None:
         {"id": "a", "text": "x", "url": "u"},
         {"id": "b", "text": "y", "n": 3},
     ]
+
+
+def test_parquet_export_with_chosen_columns(cli: Cli, tmp_path: Path, shard_set: Path) -> None:
+    target = tmp_path / "train.parquet"
+    result = cli("export", shard_set, target, "--columns", "text,id")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(target)
+    assert table.column_names == ["text", "id"]
+    assert table.to_pylist() == [{"text": r["text"], "id": r["id"]} for r in ROWS]
+
+
+def test_unknown_column_is_refused_before_writing(cli: Cli, tmp_path: Path, shard_set: Path) -> None:
+    result = cli("export", shard_set, tmp_path / "train.jsonl", "--columns", "id,nope")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "'nope'" in lines[0] and "columns are: id, text, n, tag" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "set"]
+
+
+def test_force_replaces_and_quiet_prints_nothing(cli: Cli, tmp_path: Path, shard_set: Path) -> None:
+    target = tmp_path / "train.jsonl"
+    target.write_text("old\n")
+    result = cli("export", shard_set, target, "--force", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    assert [json.loads(line) for line in target.read_text().splitlines()] == ROWS
+
+
+def test_lineage_sidecar_names_the_source_and_every_stage(cli: Cli, tmp_path: Path, shard_set: Path) -> None:
+    exact = tmp_path / "exact"
+    assert cli("dedup", "exact", shard_set, exact, "--workers", "1", "-q").exit_code == 0
+    target = tmp_path / "train.jsonl.zst"
+    assert cli("export", exact, target, "-q").exit_code == 0
+    sidecar = json.loads((tmp_path / "train.jsonl.zst.lineage.json").read_text())
+    assert sidecar["rows"] == 5 and sidecar["format"] == "jsonl.zst"
+    assert sidecar["digest"] == file_digest(target)
+    assert sidecar["source"] == {
+        "path": str(exact.resolve()),
+        "manifest_digest": file_digest(exact / "_manifest.json"),
+        "stage": "exact-dedup",
+    }
+    assert [step["stage"] for step in sidecar["lineage"]] == ["exact-dedup", "ingest"]
+    assert sidecar["lineage"][0]["counts"]["rows_in"] == 5
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def big_shard_set(cli: Cli, tmp_path: Path) -> Path:
+    rows = [{"id": f"d{i}", "text": os.urandom(200).hex()} for i in range(2000)]
+    out = tmp_path / "big"
+    assert (
+        cli("ingest", write_jsonl(tmp_path / "big.jsonl", rows), out, "--workers", "1", "-q").exit_code == 0
+    )
+    return out
+
+
+@pytest.mark.parametrize("name", ["train.jsonl", "train.parquet", "hf"])
+def test_full_disk_is_one_line_and_leaves_nothing(
+    cli: Cli, tmp_path: Path, tiny_filesystem: Path, name: str
+) -> None:
+    source = big_shard_set(cli, tmp_path)
+    args = ("--format", "hf") if name == "hf" else ()
+    result = cli("export", source, tiny_filesystem / name, *args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.output.strip().splitlines()
+    assert lines == [f"thresher: error: {tiny_filesystem / name}: No space left on device"]
+    assert list(tiny_filesystem.iterdir()) == []
+
+
+def test_read_only_output_is_one_line(
+    cli: Cli, tmp_path: Path, tiny_filesystem: Path, shard_set: Path
+) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_filesystem)], check=True)
+    result = cli("export", shard_set, tiny_filesystem / "train.jsonl")
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [f"thresher: error: {tiny_filesystem / 'train.jsonl'}: Read-only file system"]

@@ -289,13 +289,17 @@ def test_csv_gz(cli: Cli, tmp_path: Path) -> None:
     assert read_rows(tmp_path / "out") == [{"id": "x1", "text": "first"}, {"id": "x2", "text": "second"}]
 
 
-@pytest.mark.parametrize("content", ["", '{"id": "a", "text": " "}\n'], ids=["empty-file", "all-dropped"])
+@pytest.mark.parametrize(
+    ("content", "allow"),
+    [("", ["--allow-empty"]), ('{"id": "a", "text": " "}\n', [])],
+    ids=["empty-file", "all-dropped"],
+)
 def test_no_rows_left_gives_an_empty_shard_later_stages_accept(
-    cli: Cli, tmp_path: Path, content: str
+    cli: Cli, tmp_path: Path, content: str, allow: list[str]
 ) -> None:
     src = tmp_path / "docs.jsonl"
     src.write_text(content)
-    ingest(cli, src, tmp_path / "out", "--empty", "drop")
+    ingest(cli, src, tmp_path / "out", "--empty", "drop", *allow)
     shards = sorted((tmp_path / "out").glob("part-*.parquet"))
     assert [pq.ParquetFile(p).metadata.num_rows for p in shards] == [0]
     assert pq.read_schema(shards[0]).names == ["id", "text"]

@@ -41,6 +41,11 @@ class IngestParams(StageParams):
         description="Null or whitespace-only text: stop with an error, drop the row (recorded in "
         "_dropped/), or keep it.",
     )
+    allow_empty: bool = Field(
+        False,
+        description="Accept an input with no rows (a zero-byte file, a header-only CSV, a 0-row Parquet "
+        "file); without it, each such input is an error naming the file.",
+    )
     split: str | None = Field(None, description="Split to read from a saved DatasetDict (default: train).")
     batch_rows: int = Field(10_000, ge=1, description="Rows per record batch while reading.")
 
@@ -135,6 +140,12 @@ class Ingest(Stage):
                         tc.record(shard.close())
                         writers.remove(shard)
                         shard, chunk = None, chunk + 1
+            if rows_in == 0 and not p.allow_empty:
+                # An empty input is more often a failed download or export than data: say so, whatever
+                # the format, rather than write a shard set that looks fine and holds nothing.
+                raise ThresherError(
+                    f"{source}: no rows (empty input); pass --allow-empty if empty inputs are expected"
+                )
             if shard is None and chunk == 0:
                 # No rows left (an empty file, or all dropped): an empty shard, as map_shard writes, so the
                 # output is never a shard set without shards, which later stages refuse.
@@ -164,6 +175,7 @@ class Ingest(Stage):
             raise ThresherError(
                 f"{source}: no column '{p.text_column}' (columns: {', '.join(names)}); pass --text-column"
             )
+        _unique_column(source, names, p.text_column, "")
         text = table[p.text_column]
         # Null type: a JSON lines batch whose texts are all null; such rows are screened as empty below.
         if not (
@@ -181,16 +193,26 @@ class Ingest(Stage):
         if p.id_column and p.id_column not in names:
             raise ThresherError(f"{source}: no id column '{p.id_column}' (columns: {', '.join(names)})")
         if id_column:
+            _unique_column(source, names, id_column, "; pass --id-column with another column")
             ids = pc.cast(table[id_column], pa.string())
             if ids.null_count:
                 row = offset + pc.index(pc.is_null(ids), True).as_py()
                 raise ThresherError(f"{source} row {row}: null id in column '{id_column}'")
+            blank = pc.equal(ids, "")
+            if pc.any(blank).as_py():
+                row = offset + pc.index(blank, True).as_py()
+                raise ThresherError(
+                    f"{source} row {row}: empty id in column '{id_column}'; every row needs an id"
+                )
         else:
             ids = pa.chunked_array([pa.array([f"{label}:{offset + i}" for i in range(table.num_rows)])])
         keep = [
-            c for c in (p.columns if p.columns is not None else names) if c not in (p.text_column, id_column)
+            c
+            for c in dict.fromkeys(p.columns if p.columns is not None else names)
+            if c not in (p.text_column, id_column)
         ]
         for c in keep:
+            _unique_column(source, names, c, "; leave it out with --columns")
             if c not in names:
                 raise ThresherError(
                     f"{source}: no column '{c}' named in --columns (columns: {', '.join(names)})"
@@ -234,6 +256,14 @@ class Ingest(Stage):
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         return {"sources": [r.extra.get("source") for r in records if r.phase == "read"]}
+
+
+def _unique_column(source: Path, names: list[str], column: str, hint: str) -> None:
+    # Parquet and CSV allow two columns of one name; which of them is meant cannot be guessed.
+    if names.count(column) > 1:
+        raise ThresherError(
+            f"{source}: {names.count(column)} columns are named '{column}'; column names must be unique{hint}"
+        )
 
 
 def _same_schema(

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from thresher.pipelines.atomic import atomic_open
 from thresher.pipelines.digest import file_digest, value_digest
 from thresher.pipelines.errors import ThresherError
-from thresher.pipelines.manifest import FileRecord, TaskRecord
+from thresher.pipelines.manifest import FileRecord, RowCounts, TaskRecord
 from thresher.pipelines.proxy_tokenizer import tokenizer_phase, train_tokenizer_task
 from thresher.pipelines.shards import ID_COLUMN, iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
@@ -46,6 +46,12 @@ def _text_batches(path: Path, column: str, tc: TaskContext, with_ids: bool = Fal
     for batch in iter_batches(path, columns):
         yield batch
         tc.progress(batch.num_rows)
+
+
+def _read_counts(read: int, used: int) -> RowCounts:
+    """A trainer keeps no rows, but the manifest says what it read: rows_out are the documents the model
+    learnt from, and the rest had no text to learn from."""
+    return RowCounts(rows_in=read, rows_out=used, dropped={"empty": read - used} if read > used else {})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,11 +173,14 @@ class KenLMTrain(Stage):
 
         sp = load_sentencepiece(Path(task.inputs[1]))
         out = self._tokens_file(task.key)
-        lines = tokens = 0
+        lines = tokens = read = used = 0
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(out, "w", encoding="utf-8") as f:
             for batch in _text_batches(Path(task.inputs[0]), self.params.text_column, tc):
-                normalised = [line for text in batch.column(0).to_pylist() for line in document_lines(text)]
+                per_doc = [document_lines(text) for text in batch.column(0).to_pylist()]
+                read += batch.num_rows
+                used += sum(1 for doc in per_doc if doc)
+                normalised = [line for doc in per_doc for line in doc]
                 if not normalised:
                     continue
                 pieces = sp.encode(normalised, out_type=str)
@@ -179,7 +188,7 @@ class KenLMTrain(Stage):
                 lines += len(pieces)
                 tokens += sum(map(len, pieces))
         _record_file(tc, out)
-        return TaskResult(extra={"lines": lines, "tokens": tokens})
+        return TaskResult(_read_counts(read, used), extra={"lines": lines, "tokens": tokens})
 
     def _estimate(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         import kenlm
@@ -336,7 +345,9 @@ class ProxyTrain(Stage):
         threshold = int(self.params.val_fraction * 2**32)
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
         docs = {"train": 0, "val": 0}
+        read = 0
         for batch in _text_batches(Path(task.inputs[0]), self.params.text_column, tc, with_ids=True):
+            read += batch.num_rows
             split: dict[str, list[str]] = {"train": [], "val": []}
             ids = batch.column(ID_COLUMN).to_pylist()
             for doc_id, text in zip(ids, batch.column(self.params.text_column).to_pylist(), strict=True):
@@ -356,7 +367,7 @@ class ProxyTrain(Stage):
                 np.save(f, stream, allow_pickle=False)
             _record_file(tc, path)
             extra |= {f"{name}_docs": docs[name], f"{name}_tokens": len(stream)}
-        return TaskResult(extra=extra)
+        return TaskResult(_read_counts(read, docs["train"] + docs["val"]), extra=extra)
 
     def _train(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.proxy_lm import train_proxy_lm

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from thresher.pipelines.classifier_training import LabelledBatch, heldout_metrics, write_training_files
 from thresher.pipelines.digest import file_digest
 from thresher.pipelines.errors import ThresherError, UsageError
-from thresher.pipelines.manifest import FileRecord, TaskRecord
+from thresher.pipelines.manifest import FileRecord, RowCounts, TaskRecord
 from thresher.pipelines.mapping import BatchOutcome, map_shard
 from thresher.pipelines.shards import ID_COLUMN, Shard, ShardSet, iter_batches
 from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
@@ -193,13 +193,15 @@ class QualityTrain(Stage):
             if task.args["labels_file"]
             else None
         )
+        tally = _ReadTally()
+        labelled = tally.count(self._labelled(shards, task.args["negative_from"], side_labels, tc))
         if p.backbone == "deberta-v3":
-            return self._finetune_deberta(
-                self._labelled(shards, task.args["negative_from"], side_labels, tc), tc
-            )
+            result = self._finetune_deberta(labelled, tc)
+            result.counts = tally.counts()
+            return result
         work = self.ctx.work / "quality-train"
         files = write_training_files(
-            self._labelled(shards, task.args["negative_from"], side_labels, tc),
+            labelled,
             work,
             holdout=p.holdout,
             seed=self.ctx.seed,
@@ -233,7 +235,7 @@ class QualityTrain(Stage):
             model.save(tmp)
         with tc.artifact(METRICS_FILE) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        return TaskResult(extra=report)
+        return TaskResult(tally.counts(), extra=report)
 
     def _finetune_deberta(self, batches: Iterator[LabelledBatch], tc: TaskContext) -> TaskResult:
         from thresher.scorers.deberta import FinetuneSettings, finetune_from_batches
@@ -318,6 +320,25 @@ class QualityTrain(Stage):
         fit = [r for r in records if r.phase == "fit"]
         model = DEBERTA_DIR if self.params.backbone == "deberta-v3" else MODEL_FILE
         return {"model": model, "metrics": METRICS_FILE, **(fit[0].extra if fit else {})}
+
+
+class _ReadTally:
+    """Counts what training read: a classifier keeps no rows, but its manifest says how many rows it
+    learnt from and how many had no label."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.unlabelled = 0
+
+    def count(self, batches: Iterator[LabelledBatch]) -> Iterator[LabelledBatch]:
+        for batch in batches:
+            self.read += len(batch.labels)
+            self.unlabelled += sum(1 for label in batch.labels if label is None)
+            yield batch
+
+    def counts(self) -> RowCounts:
+        dropped = {"unlabelled": self.unlabelled} if self.unlabelled else {}
+        return RowCounts(rows_in=self.read, rows_out=self.read - self.unlabelled, dropped=dropped)
 
 
 def _read_labels(path: Path, column: str) -> dict[str, str]:
