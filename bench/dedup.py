@@ -84,7 +84,7 @@ def run_task(output: Path, phase: str, index: int) -> float:
 
 
 def run_thresher(corpus: Path, output: Path) -> tuple[float, dict[str, float], dict[str, int]]:
-    from thresher.pipelines.executor import plan_stage, run_stage
+    from thresher.pipelines.engine.executor import plan_stage, run_stage
 
     start = time.perf_counter()
     plan, _ = plan_stage("minhash-dedup", {}, corpus, output)

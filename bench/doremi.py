@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from thresher.pipelines.executor import run_stage
+from thresher.pipelines.engine.executor import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "sample_data" / "web"

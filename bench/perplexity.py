@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from thresher.pipelines.executor import run_stage
-from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.engine.executor import run_stage
+from thresher.pipelines.testing.sample_data import generate_web
 
 
 def write_set(table: pa.Table, folder: Path, rows_per_shard: int = 1000) -> Path:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.testing.sample_data import generate_web
 
 ROWS_PER_SHARD = 20_000
 DISTINCT_DOCS = 20_000

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tiny_models import build_tiny_deberta, build_tiny_encoder, build_tiny_gpt2  # noqa: E402
 
-from thresher.pipelines.executor import run_stage  # noqa: E402
-from thresher.pipelines.sample_data import generate_instructions  # noqa: E402
+from thresher.pipelines.engine.executor import run_stage  # noqa: E402
+from thresher.pipelines.testing.sample_data import generate_instructions  # noqa: E402
 from thresher.scorers.deberta import FinetuneSettings, LabelledPairs, finetune_classifier, question_text  # noqa: E402
 
 

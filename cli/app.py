@@ -21,13 +21,13 @@ from thresher.cli.errors import ThresherGroup
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
 from thresher.cli.options import common_parameters, pop_common
 from thresher.cli.render import console, lineage_table, steps_table
-from thresher.pipelines import registry
-from thresher.pipelines.errors import UsageError
-from thresher.pipelines.executor import execute_task, run_stage
-from thresher.pipelines.inspect import QUANTILES, describe, describe_steps
-from thresher.pipelines.plan import Plan
-from thresher.pipelines.progress import configure_logging, make_reporter
-from thresher.pipelines.stage import StageParams
+from thresher.pipelines.engine import registry
+from thresher.pipelines.engine.errors import UsageError
+from thresher.pipelines.engine.executor import execute_task, run_stage
+from thresher.pipelines.engine.plan import Plan
+from thresher.pipelines.engine.progress import configure_logging, make_reporter
+from thresher.pipelines.engine.stage import StageParams
+from thresher.pipelines.report.inspect import QUANTILES, describe, describe_steps
 
 app = typer.Typer(
     cls=ThresherGroup,
@@ -294,7 +294,7 @@ def export_cmd(
 
         thresher export data/05-quality train.jsonl.zst --columns id,text
     """
-    from thresher.pipelines.export import export
+    from thresher.pipelines.io.export import export
 
     wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     done = export(input_dir, output, fmt.value if fmt else None, columns=wanted, force=force)
@@ -319,7 +319,7 @@ def sample_data(
 
         thresher sample-data /tmp/sample --seed 0
     """
-    from thresher.pipelines.sample_data import write_sample_data
+    from thresher.pipelines.testing.sample_data import write_sample_data
 
     paths = write_sample_data(output_dir, seed=seed, web_docs=web_docs, instruction_rows=instruction_rows)
     console.print(f"wrote {len(paths)} files under {output_dir}")

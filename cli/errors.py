@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from thresher.cli.help_names import name_values
-from thresher.pipelines.errors import ThresherError, UsageError
-from thresher.pipelines.slurm import DryRun
+from thresher.pipelines.engine.errors import ThresherError, UsageError
+from thresher.pipelines.engine.slurm import DryRun
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 import typer
 
 from thresher.cli.options import option
-from thresher.pipelines.executor import Executor
-from thresher.pipelines.progress import Reporter
+from thresher.pipelines.engine.executor import Executor
+from thresher.pipelines.engine.progress import Reporter
 
 PANEL = "Executor (where tasks run)"
 
@@ -79,7 +79,7 @@ def executor_factory(values: dict[str, Any], reporter: Reporter) -> Callable[[],
         return lambda: None
     if kind != "slurm":
         raise typer.BadParameter(f"'{kind}' is not one of local, slurm", param_hint="--executor")
-    from thresher.pipelines.slurm import SlurmExecutor, SlurmOptions
+    from thresher.pipelines.engine.slurm import SlurmExecutor, SlurmOptions
 
     options = SlurmOptions(
         partition=values["slurm_partition"],

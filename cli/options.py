@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from thresher.pipelines.executor import default_workers
+from thresher.pipelines.engine.executor import default_workers
 
 COMMON_PANEL = "Common options"
 COMMON_KEYS = ("workers", "seed", "force", "quiet", "log_file")

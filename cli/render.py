@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from thresher.pipelines.inspect import LineageStep, StepSummary
+from thresher.pipelines.report.inspect import LineageStep, StepSummary
 
 # Logs and cron mail are read in wide windows: do not squeeze tables to 80 columns there.
 console = Console() if sys.stdout.isatty() else Console(width=140)

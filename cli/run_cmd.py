@@ -10,10 +10,10 @@ import typer
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
 from thresher.cli.render import console, lineage_table
-from thresher.pipelines.errors import UsageError
-from thresher.pipelines.executor import default_workers
-from thresher.pipelines.inspect import lineage
-from thresher.pipelines.progress import configure_logging, make_reporter
+from thresher.pipelines.engine.errors import UsageError
+from thresher.pipelines.engine.executor import default_workers
+from thresher.pipelines.engine.progress import configure_logging, make_reporter
+from thresher.pipelines.report.inspect import lineage
 
 
 def run(
@@ -49,8 +49,8 @@ def run(
 
         thresher run recipes/web-pretrain.yaml --input dump/ --output data/web
     """
-    from thresher.pipelines.chain import run_recipe
-    from thresher.pipelines.recipe import load_recipe
+    from thresher.pipelines.engine.chain import run_recipe
+    from thresher.pipelines.engine.recipe import load_recipe
 
     configure_logging(quiet, log_file)
     loaded = load_recipe(recipe)
@@ -86,7 +86,7 @@ def status(
     """
     from rich.table import Table
 
-    from thresher.pipelines.status import run_status
+    from thresher.pipelines.engine.status import run_status
 
     steps = run_status(output) if output.is_dir() else []
     if not steps:
@@ -120,7 +120,7 @@ def report(
 
         thresher report data/web
     """
-    from thresher.pipelines.report import write_report
+    from thresher.pipelines.report.html import write_report
 
     console.print(f"report: {write_report(output, to)}")
 

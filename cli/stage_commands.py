@@ -16,9 +16,9 @@ from pydantic.fields import FieldInfo
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
 from thresher.cli.options import common_parameters, pop_common
-from thresher.pipelines.executor import run_stage
-from thresher.pipelines.progress import configure_logging, make_reporter
-from thresher.pipelines.stage import Stage
+from thresher.pipelines.engine.executor import run_stage
+from thresher.pipelines.engine.progress import configure_logging, make_reporter
+from thresher.pipelines.engine.stage import Stage
 
 GROUP_HELP = {
     "dedup": "Remove duplicate documents across a whole shard set: exact (hash) or near (MinHash LSH).",

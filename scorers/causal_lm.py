@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from thresher.pipelines.digest import file_digest
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.digest import file_digest
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.device import DeviceName, resolve_device
 from thresher.scorers.doc_scores import DocScores
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.device import DeviceName, resolve_device
 from thresher.scorers.torch_runtime import (
     length_batches,
@@ -170,7 +170,7 @@ def finetune_classifier(
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from thresher.pipelines.classifier_training import binary_metrics
+    from thresher.scorers.metrics import binary_metrics
 
     if len(train.labels) == 0:
         raise ThresherError("quality train: no labelled training examples")
@@ -247,7 +247,7 @@ def finetune_classifier(
     return report
 
 
-_HOLDOUT_SCALE = 1_000_000  # the same id-hash split as pipelines/classifier_training.py
+_HOLDOUT_SCALE = 1_000_000  # the same id-hash split as pipelines/stages/quality/training_files.py
 
 
 def holdout_mask(ids: Sequence[str | None], holdout: float, seed: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 
 if TYPE_CHECKING:
     import torch

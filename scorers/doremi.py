@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.checkpoints import CheckpointPlan
 from thresher.scorers.device import DeviceName, Placement, resolve_device
 from thresher.scorers.proxy_lm import EOS, ProxyConfig, WindowSampler, build_model, learning_rate

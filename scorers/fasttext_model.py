@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from thresher.pipelines.errors import ThresherError, UsageError
-from thresher.pipelines.textnorm import separator
+from thresher.pipelines.engine.errors import ThresherError, UsageError
+from thresher.pipelines.text.normalize import separator
 
 LABEL_PREFIX = "__label__"
 MODEL_FILE = "model.bin"  # what `thresher quality train` writes into its output folder

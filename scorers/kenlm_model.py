@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from thresher.pipelines.digest import file_digest
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.digest import file_digest
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.doc_scores import DocScores
 from thresher.scorers.kenlm_text import document_lines
 

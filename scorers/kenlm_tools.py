@@ -14,7 +14,7 @@ import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 
 TOOLS = ("lmplz", "build_binary")
 BUILD_HINT = "run `make kenlm-tools` to build it from the kenlm source distribution"

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.instruct_lm import Encoded, InstructLM
 from thresher.scorers.torch_runtime import linear_schedule, seed_torch, shuffled_batches
 

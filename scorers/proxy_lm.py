@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from thresher.scorers.device import DeviceName, resolve_device
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.causal_lm import resolve_model_dir
 
 # Files in a model folder whose bytes decide what the model computes (config, weights, tokenizer).

@@ -17,8 +17,8 @@ import pytest
 from conftest import Cli, read_manifest, read_rows, write_jsonl
 from test_bad_input import GOOD, assert_no_output, assert_user_error, ingest, make_shard_set
 
-from thresher.pipelines import executor
-from thresher.pipelines.where import MAX_NESTING, parse_where
+from thresher.pipelines.engine import executor
+from thresher.pipelines.stages.filter.where import MAX_NESTING, parse_where
 from thresher.scorers.kenlm_model import train_sentencepiece
 
 

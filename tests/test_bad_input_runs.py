@@ -16,7 +16,7 @@ from factories import run_cli
 from test_bad_input import GOOD, assert_no_output, assert_user_error, ingest
 from typer.testing import Result
 
-from thresher.pipelines.lock import output_lock
+from thresher.pipelines.engine.lock import output_lock
 
 ROWS = [{"id": f"d{i}", "text": f"document number {i} about grain"} for i in range(30)]
 

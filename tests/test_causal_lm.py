@@ -16,7 +16,7 @@ from test_bad_input import assert_no_output, assert_user_error
 from typer.testing import CliRunner
 
 from thresher.cli.app import app
-from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.testing.sample_data import generate_web
 from thresher.scorers.causal_lm import windows_for
 from thresher.scorers.proxy_lm import PRESETS, build_model, save_pretrained, train_tokenizer
 

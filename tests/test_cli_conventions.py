@@ -16,7 +16,7 @@ from conftest import Cli, read_manifest, write_jsonl
 from test_bad_input import assert_user_error, make_shard_set
 
 from thresher.cli.app import app
-from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.testing.sample_data import generate_web
 
 PYTHON_TYPES = re.compile(r"<(bool|int|str|float|path|list\[[a-z]+\])>|\{[a-z_]+\}|list\[")
 

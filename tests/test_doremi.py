@@ -20,7 +20,7 @@ from conftest import Cli, read_manifest, read_rows
 from factories import write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
-from thresher.pipelines.errors import ThresherError
+from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.doremi import (
     DomainStreams,
     average_weights,
@@ -385,7 +385,7 @@ def test_mix_samples_the_found_weights_in_proxy_tokens(doremi_run: Path, synthet
 
 
 def test_the_mixture_recipe_is_valid_and_wires_mix_to_doremi(tmp_path: Path) -> None:
-    from thresher.pipelines.recipe import load_recipe, resolve
+    from thresher.pipelines.engine.recipe import load_recipe, resolve
 
     recipe = load_recipe(RECIPE)
     steps = resolve(recipe, REPO / "sample_data" / "web", tmp_path / "out")

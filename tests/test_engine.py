@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from factories import parquet_bytes, random_corpus, run_cli, write_shards
 
-from thresher.pipelines.executor import run_stage
-from thresher.pipelines.manifest import Manifest, manifest_json_schema
+from thresher.pipelines.engine.executor import run_stage
+from thresher.pipelines.engine.manifest import Manifest, manifest_json_schema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,8 +155,8 @@ def test_manifest_matches_documented_schema(tmp_path: Path) -> None:
 
 
 def test_single_task_entry_point_runs_one_task(tmp_path: Path) -> None:
-    from thresher.pipelines.executor import plan_stage
-    from thresher.pipelines.plan import Plan
+    from thresher.pipelines.engine.executor import plan_stage
+    from thresher.pipelines.engine.plan import Plan
 
     corpus = tmp_path / "corpus"
     write_shards(random_corpus(400, seed=6), corpus, rows_per_shard=200)

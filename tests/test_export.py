@@ -15,7 +15,7 @@ import pytest
 import zstandard
 from conftest import Cli, read_rows, write_jsonl
 
-from thresher.pipelines.digest import file_digest
+from thresher.pipelines.engine.digest import file_digest
 
 ROWS = [
     {"id": "a", "text": "plain text", "n": 1, "tag": "x"},

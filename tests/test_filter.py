@@ -13,7 +13,8 @@ from conftest import Cli, read_manifest, read_rows
 from factories import parquet_bytes, write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
-from thresher.pipelines.top_fraction import (
+from thresher.pipelines.stages.filter.where import WhereSyntaxError, parse_where
+from thresher.pipelines.stats.top_fraction import (
     keep_count,
     key_at_rank,
     rank_keys,
@@ -21,7 +22,6 @@ from thresher.pipelines.top_fraction import (
     score_order,
     tie_hashes,
 )
-from thresher.pipelines.where import WhereSyntaxError, parse_where
 
 TABLE = pa.table(
     {

@@ -14,7 +14,7 @@ from conftest import Cli, read_manifest, read_rows
 from factories import write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
-from thresher.pipelines.heuristic_rules import (
+from thresher.pipelines.stages.heuristics.rules import (
     RULE_NAMES,
     Blocklists,
     blocked_hosts,
@@ -22,9 +22,9 @@ from thresher.pipelines.heuristic_rules import (
     expand_rules,
     rule,
 )
-from thresher.pipelines.sample_data import generate_web
-from thresher.pipelines.stages.heuristics import HeuristicChecker, HeuristicsParams
-from thresher.pipelines.text_views import TextBatch
+from thresher.pipelines.stages.heuristics.stage import HeuristicChecker, HeuristicsParams
+from thresher.pipelines.stages.heuristics.text_views import TextBatch
+from thresher.pipelines.testing.sample_data import generate_web
 
 GOOD = (
     "The harvest came late this year because the spring rains kept the fields wet until June. "

@@ -44,7 +44,7 @@ def test_non_editable_install_runs_and_installs_no_top_level_cli(tmp_path: Path)
         [
             str(python),
             "-c",
-            "import thresher.cli, thresher.pipelines.stages.ingest as m; "
+            "import thresher.cli, thresher.pipelines.stages.ingest.stage as m; "
             "print(thresher.cli.__file__); print(m.__file__)",
         ],
         capture_output=True,
@@ -56,7 +56,7 @@ def test_non_editable_install_runs_and_installs_no_top_level_cli(tmp_path: Path)
     assert (
         not (site / "cli").exists() and not (site / "pipelines").exists() and not (site / "scorers").exists()
     )
-    assert (site / "thresher" / "pipelines" / "stages" / "exact_dedup.py").exists()
+    assert (site / "thresher" / "pipelines" / "stages" / "dedup" / "exact.py").exists()
 
     help_text = subprocess.run(
         [str(venv / "bin" / "thresher"), "--help"], capture_output=True, text=True, check=True, cwd=tmp_path

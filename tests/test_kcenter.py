@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.pipelines.kcenter import covering_radius, kcenter_greedy
+from thresher.pipelines.stages.select.kcenter import covering_radius, kcenter_greedy
 
 
 def clusters(k: int, per: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

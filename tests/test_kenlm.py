@@ -19,9 +19,9 @@ from test_bad_input import assert_no_output, assert_user_error
 from typer.testing import CliRunner
 
 from thresher.cli.app import app
-from thresher.pipelines.errors import ThresherError
-from thresher.pipelines.sample_data import generate_web
-from thresher.pipelines.stages.percentile_buckets import (
+from thresher.pipelines.engine.errors import ThresherError
+from thresher.pipelines.stages.perplexity.stage import KenLMPerplexityParams
+from thresher.pipelines.stats.percentile_buckets import (
     assign_buckets,
     assign_group_buckets,
     exact_percentiles,
@@ -29,7 +29,7 @@ from thresher.pipelines.stages.percentile_buckets import (
     load_runs,
     save_runs,
 )
-from thresher.pipelines.stages.perplexity import KenLMPerplexityParams
+from thresher.pipelines.testing.sample_data import generate_web
 from thresher.scorers.kenlm_model import load_sentencepiece, train_sentencepiece
 from thresher.scorers.kenlm_text import document_lines, normalize_line
 from thresher.scorers.kenlm_tools import find_tool

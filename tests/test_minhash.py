@@ -12,11 +12,11 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 from factories import parquet_bytes, run_cli, write_shards
 
-from thresher.pipelines import minhash
-from thresher.pipelines.dedup_eval import clusters_of, score_pairs
-from thresher.pipelines.lsh_merge import merged_groups, star_edges
-from thresher.pipelines.manifest import Manifest
-from thresher.pipelines.sample_data import generate_web, jaccard_5gram
+from thresher.pipelines.engine.manifest import Manifest
+from thresher.pipelines.stages.dedup import signatures as minhash
+from thresher.pipelines.stages.dedup.lsh_merge import merged_groups, star_edges
+from thresher.pipelines.testing.dedup_eval import clusters_of, score_pairs
+from thresher.pipelines.testing.sample_data import generate_web, jaccard_5gram
 
 TEXTS = [
     "The thresher separates grain from chaff on the barn floor every autumn morning",

@@ -12,9 +12,9 @@ from conftest import Cli, read_manifest, read_rows
 from factories import write_shards
 from test_bad_input import assert_user_error
 
-from thresher.pipelines import sample_data
-from thresher.pipelines.pii_patterns import KINDS, luhn_valid, scan
-from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.stages.pii.patterns import KINDS, luhn_valid, scan
+from thresher.pipelines.testing import sample_data
+from thresher.pipelines.testing.sample_data import generate_web
 
 CASES = {
     "email": (

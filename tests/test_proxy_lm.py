@@ -17,7 +17,7 @@ from factories import write_shards
 from typer.testing import CliRunner
 
 from thresher.cli.app import app
-from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.testing.sample_data import generate_web
 from thresher.scorers.proxy_lm import PRESETS, encode_documents, train_proxy_lm, train_tokenizer
 
 # Small enough to train in seconds on one CPU thread, big enough to learn the generator's templates.

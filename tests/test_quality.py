@@ -17,7 +17,7 @@ from conftest import Cli, read_manifest, read_rows
 from factories import parquet_bytes, write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
-from thresher.pipelines.sample_data import generate_web
+from thresher.pipelines.testing.sample_data import generate_web
 from thresher.scorers.fasttext_model import FastTextModel, TrainSettings, fasttext_lines, train, training_line
 
 TINY = ("--dim", "16", "--bucket", "20000")

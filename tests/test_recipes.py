@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from factories import parquet_bytes, run_cli
 
-from thresher.pipelines.lock import output_lock
+from thresher.pipelines.engine.lock import output_lock
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "web-pretrain.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.pipelines.sample_data import (
+from thresher.pipelines.testing.sample_data import (
     INSTRUCTION_SCHEMA,
     TRUTH_SCHEMA,
     WEB_SCHEMA,

@@ -15,12 +15,12 @@ from conftest import read_manifest, read_rows
 from factories import write_shards
 from tiny_models import build_tiny_gpt2
 
-from thresher.pipelines.recipe import load_recipe
-from thresher.pipelines.sample_data import generate_instructions
-from thresher.pipelines.shards import ShardSet
-from thresher.pipelines.stage import StageContext
-from thresher.pipelines.stages.select_less import LESSParams, LESSSelect
-from thresher.pipelines.stages.select_mods import InstructionParams
+from thresher.pipelines.engine.recipe import load_recipe
+from thresher.pipelines.engine.shards import ShardSet
+from thresher.pipelines.engine.stage import StageContext
+from thresher.pipelines.stages.select.less import LESSParams, LESSSelect
+from thresher.pipelines.stages.select.mods import InstructionParams
+from thresher.pipelines.testing.sample_data import generate_instructions
 from thresher.scorers import lora_grads
 from thresher.scorers.lora_grads import (
     GradientFeaturizer,

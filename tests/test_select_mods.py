@@ -18,9 +18,8 @@ from conftest import read_manifest, read_rows
 from factories import parquet_bytes, run_cli, write_shards
 from tiny_models import build_tiny_deberta, build_tiny_encoder, build_tiny_gpt2
 
-from thresher.pipelines.classifier_training import roc_auc
-from thresher.pipelines.errors import ThresherError
-from thresher.pipelines.sample_data import generate_instructions
+from thresher.pipelines.engine.errors import ThresherError
+from thresher.pipelines.testing.sample_data import generate_instructions
 from thresher.scorers.deberta import (
     TRAINING_FILE,
     FinetuneSettings,
@@ -31,6 +30,7 @@ from thresher.scorers.deberta import (
     holdout_mask,
     question_text,
 )
+from thresher.scorers.metrics import roc_auc
 from thresher.scorers.torch_runtime import load_tokenizer
 
 CPU = ("--device", "cpu", "-w", "1", "-q")
@@ -349,7 +349,7 @@ def test_mods_second_kcenter_pass_keeps_diverse_necessary_rows(
     assert summary["augment"]["k"] == 7 and summary["augment"]["necessary"] == len(necessary)
     assert summary["augment"]["augmented"] == 7
     # The same picks as k-center greedy run on the embeddings, continuing from the seed centres.
-    from thresher.pipelines.kcenter import kcenter_greedy
+    from thresher.pipelines.stages.select.kcenter import kcenter_greedy
     from thresher.scorers.encoder import TextEncoder
 
     def vectors(rows: list[dict[str, Any]]) -> np.ndarray:
@@ -373,7 +373,7 @@ def test_mods_second_kcenter_pass_keeps_diverse_necessary_rows(
 
 def test_mods_defaults_are_the_papers_or_say_why() -> None:
     """The effective configuration of a default `select mods` run, next to MoDS's (paper and scripts)."""
-    from thresher.pipelines.stages.select_mods import KCenterParams, MoDSParams, NecessityParams
+    from thresher.pipelines.stages.select.mods import KCenterParams, MoDSParams, NecessityParams
 
     required = {"reward_model": "r", "encoder": "e", "model": "m"}
     p = MoDSParams(**required)
@@ -468,7 +468,7 @@ def test_cls_and_mean_pooling_of_the_instruction_alone(
     seeds = read_rows(out)
     assert len(seeds) == 12
     # The picks are k-center greedy's on [CLS] vectors of the instructions.
-    from thresher.pipelines.kcenter import kcenter_greedy
+    from thresher.pipelines.stages.select.kcenter import kcenter_greedy
 
     instructions = table["instruction"].to_pylist()
     vectors = TextEncoder(str(models["encoder"]), device="cpu", max_length=96, pooling="cls").encode(

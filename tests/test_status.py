@@ -10,11 +10,11 @@ from factories import random_corpus, write_shards
 from typer.testing import CliRunner
 
 from thresher.cli.app import app
-from thresher.pipelines.chain import run_recipe
-from thresher.pipelines.executor import LocalExecutor
-from thresher.pipelines.manifest import TaskRecord
-from thresher.pipelines.plan import Plan
-from thresher.pipelines.recipe import load_recipe
+from thresher.pipelines.engine.chain import run_recipe
+from thresher.pipelines.engine.executor import LocalExecutor
+from thresher.pipelines.engine.manifest import TaskRecord
+from thresher.pipelines.engine.plan import Plan
+from thresher.pipelines.engine.recipe import load_recipe
 
 RECIPE = """name: three-steps
 stages:

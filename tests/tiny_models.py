@@ -16,7 +16,7 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
-from thresher.pipelines.sample_data import generate_instructions
+from thresher.pipelines.testing.sample_data import generate_instructions
 
 EOS = "<|endoftext|>"
 

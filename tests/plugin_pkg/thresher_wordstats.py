@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from thresher.pipelines.mapping import BatchOutcome, map_shard
-from thresher.pipelines.shards import dropped_table, iter_batches
-from thresher.pipelines.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.shards import dropped_table, iter_batches
+from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 
 
 class WordCountParams(StageParams):

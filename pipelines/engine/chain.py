@@ -1,0 +1,63 @@
+"""Running a recipe: its steps one after another, each a resumable stage run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from thresher.pipelines.engine.errors import UsageError
+from thresher.pipelines.engine.executor import Executor, run_stage
+from thresher.pipelines.engine.lock import output_lock
+from thresher.pipelines.engine.manifest import Manifest
+from thresher.pipelines.engine.progress import Reporter
+from thresher.pipelines.engine.recipe import Recipe, ResolvedStep, check_side_inputs, resolve
+from thresher.pipelines.engine.status import record_recipe_steps
+
+
+def stage_input(step: ResolvedStep) -> Path:
+    """The folder a stage reads: raw-file stages (ingest) name their files in params instead."""
+    source = step.input_path
+    return source.parent if step.step.stage.input_kind == "files" and source.is_file() else source
+
+
+def run_recipe(
+    recipe: Recipe,
+    input_path: Path,
+    output: Path,
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    executor: Callable[[], Executor | None] = lambda: None,
+) -> list[Manifest]:
+    """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume."""
+    source, root = Path(input_path).resolve(), Path(output).resolve()
+    if source == root or source in root.parents or root in source.parents:
+        # Step folders would land inside the input (a rerun would ingest them), or a step folder
+        # would replace the input.
+        raise UsageError(
+            f"{output}: the output folder and the input {input_path} overlap (one is or holds the "
+            "other); choose an output folder outside the input"
+        )
+    steps = resolve(recipe, source, root)
+    check_side_inputs(recipe, steps, seed)
+    manifests = []
+    output.mkdir(parents=True, exist_ok=True)
+    with output_lock(output):
+        record_recipe_steps(output, [(s.output.name, s.step.stage.name) for s in steps])
+        for step in steps:
+            manifests.append(
+                run_stage(
+                    step.step.stage.name,
+                    step.params,
+                    stage_input(step),
+                    step.output,
+                    seed=seed,
+                    workers=workers,
+                    force=force,
+                    reporter=reporter,
+                    executor=executor(),
+                )
+            )
+    return manifests

@@ -1,0 +1,457 @@
+"""Running a stage: plan it, run its phases task by task (skipping finished ones), then write the manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Protocol
+
+from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine.digest import file_digest, value_digest
+from thresher.pipelines.engine.errors import IncompleteRun, ThresherError, UsageError, filesystem_error
+from thresher.pipelines.engine.lock import holds_only_lock, lock_path, output_lock
+from thresher.pipelines.engine.manifest import (
+    MANIFEST_NAME,
+    FileRecord,
+    InputLineage,
+    Manifest,
+    RowCounts,
+    TaskRecord,
+    library_versions,
+)
+from thresher.pipelines.engine.plan import Plan
+from thresher.pipelines.engine.progress import Reporter, SilentReporter
+from thresher.pipelines.engine.registry import get_stage
+from thresher.pipelines.engine.shards import DROPPED_DIR, STATE_DIR, ShardSet
+from thresher.pipelines.engine.stage import Stage, StageContext, StageParams, TaskContext
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning
+
+
+def _check_output(output: Path, stage: str, input_path: Path) -> None:
+    if output.resolve() == input_path.resolve():
+        raise UsageError(f"{output}: output directory must differ from the input")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output}: output exists and is not a directory")
+    if not output.exists() or holds_only_lock(output):
+        return
+    owner = None
+    if (output / MANIFEST_NAME).exists():
+        owner = Manifest.read(output).stage
+    elif (output / STATE_DIR / "plan.json").exists():
+        owner = Plan.read(output).stage
+    if owner is None:
+        raise ThresherError(
+            f"{output}: directory is not empty and was not written by thresher; choose a new output directory"
+        )
+    if owner != stage:
+        raise ThresherError(
+            f"{output}: holds the output of stage '{owner}', not '{stage}'; choose another output directory"
+        )
+
+
+def _input_files(stage: Stage) -> list[FileRecord]:
+    if stage.ctx.input is not None:
+        shard_set = stage.ctx.input
+        return [
+            FileRecord(path=str(s.path.resolve()), size=s.size, digest=shard_set.digest(s), rows=s.num_rows)
+            for s in shard_set.shards
+        ]
+    return [
+        FileRecord(
+            path=str(p.resolve()),
+            size=p.stat().st_size,
+            digest=path_digest(p),
+        )
+        for p in stage.raw_inputs()
+    ]
+
+
+def path_digest(path: Path) -> str:
+    """Digest of a file, or of a folder's files and their relative names (a saved dataset, a model)."""
+    if path.is_file():
+        return file_digest(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return value_digest([(str(p.relative_to(path)), file_digest(p)) for p in files])
+
+
+def plan_stage(
+    stage_name: str, params: StageParams | dict[str, Any], input_path: Path, output: Path, seed: int = 0
+) -> tuple[Plan, bool]:
+    """Validate the input, plan the phases and write the plan. Returns (plan, already_finished)."""
+    cls = get_stage(stage_name)
+    if isinstance(params, dict):
+        params = cls.Params.model_validate(params)
+    input_path, output = Path(input_path), Path(output).resolve()
+    _check_output(output, cls.name, input_path)
+    shard_set = None
+    if cls.input_kind == "shards":
+        probe = cls(params, StageContext(input_path, output, seed))
+        shard_set = ShardSet.open(
+            input_path, probe.required_columns(), probe.string_columns(), params.column_flags()
+        )
+    stage = cls(params, StageContext(input_path, output, seed, shard_set))
+    files = _input_files(stage)
+    params_json = params.model_dump(mode="json")
+    # Side inputs (a model, a blocklist) shape every task's output, so they join what every task's
+    # fingerprint builds on: replacing the model reruns all tasks.
+    side = [path_digest(p) for p in stage.side_inputs()]
+    params_fingerprint = value_digest(
+        {"stage": cls.name, "version": cls.version, "params": params_json, "seed": seed, "side_inputs": side}
+    )
+    fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files]})
+    if (output / MANIFEST_NAME).exists():
+        if Manifest.read(output).fingerprint == fingerprint:
+            return Plan.read(output), True
+        # New params or inputs: the old manifest no longer describes what will be here.
+        (output / MANIFEST_NAME).unlink()
+    manifest = shard_set.manifest if shard_set is not None else None
+    plan = Plan(
+        stage=cls.name,
+        stage_version=cls.version,
+        params=params_json,
+        seed=seed,
+        input_path=str(input_path.resolve()),
+        input_stage=manifest.stage if manifest else None,
+        input_manifest_digest=file_digest(input_path / MANIFEST_NAME) if manifest else None,
+        input_files=files,
+        fingerprint=fingerprint,
+        params_fingerprint=params_fingerprint,
+        phases=stage.phases(),
+        output=output,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    plan.write()
+    return plan, False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One task: the unit a pool worker or a Slurm array task runs
+
+
+def _digest_index(plan: Plan, phase_index: int) -> dict[str, str]:
+    index = {f.path: f.digest for f in plan.input_files}
+    for p in range(phase_index):
+        for t in range(len(plan.phases[p].tasks)):
+            record = plan.read_record(p, t)
+            if record is None:
+                raise ThresherError(
+                    f"{plan.output}: phase '{plan.phases[p].name}' task {t} has not finished; "
+                    "run earlier phases first"
+                )
+            for f in record.outputs:
+                index[str((plan.output / f.path).resolve())] = f.digest
+    return index
+
+
+def task_fingerprint(plan: Plan, phase_index: int, task_index: int, digests: dict[str, str]) -> str:
+    task = plan.phases[phase_index].tasks[task_index]
+    inputs = []
+    for path in task.inputs:
+        resolved = str(Path(path).resolve())
+        inputs.append(digests.get(resolved) or file_digest(Path(path)))
+    return value_digest(
+        {
+            "stage": plan.params_fingerprint,
+            "phase": plan.phases[phase_index].name,
+            "key": task.key,
+            "args": task.args,
+            "inputs": inputs,
+        }
+    )
+
+
+def is_task_done(plan: Plan, phase_index: int, task_index: int, fingerprint: str) -> bool:
+    record = plan.read_record(phase_index, task_index)
+    if record is None or record.fingerprint != fingerprint:
+        return False
+    return all(
+        (plan.output / f.path).is_file() and (plan.output / f.path).stat().st_size == f.size
+        for f in record.outputs
+    )
+
+
+def execute_task(
+    output: Path, phase_index: int, task_index: int, progress: Any = None, force: bool = False
+) -> TaskRecord:
+    """Run one task of a planned stage and write its record; skip it if its record is current."""
+    plan = Plan.read(Path(output))
+    digests = _digest_index(plan, phase_index)
+    fingerprint = task_fingerprint(plan, phase_index, task_index, digests)
+    if not force and is_task_done(plan, phase_index, task_index, fingerprint):
+        record = plan.read_record(phase_index, task_index)
+        assert record is not None
+        return record
+    stage = plan.build_stage()
+    phase = plan.phases[phase_index]
+    task = phase.tasks[task_index]
+    tc = TaskContext(stage, progress)
+    failure = plan.failure_path(phase_index, task_index)
+    failure.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        result = stage.run_task(phase.name, task, tc)
+    except Exception as exc:
+        # A marker, so `thresher status` can tell a failed task from one that has not run, on any executor.
+        # Best effort: on a full disk the marker cannot be written either, and the task's own error is
+        # the one to report.
+        with contextlib.suppress(OSError):
+            atomic.write_json(failure, {"key": task.key, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    seconds = time.perf_counter() - start
+    inputs = [
+        FileRecord(
+            path=str(Path(p).resolve()),
+            size=Path(p).stat().st_size,
+            digest=digests.get(str(Path(p).resolve())) or file_digest(Path(p)),
+        )
+        for p in task.inputs
+    ]
+    if result.counts is not None and not result.counts.balanced:
+        raise RuntimeError(f"stage {stage.name} task {task.key}: rows do not add up: {result.counts}")
+    record = TaskRecord(
+        phase=phase.name,
+        index=task_index,
+        key=task.key,
+        fingerprint=fingerprint,
+        inputs=inputs,
+        outputs=tc.outputs,
+        counts=result.counts,
+        seconds=round(seconds, 4),
+        extra=result.extra,
+    )
+    atomic.write_json(plan.record_path(phase_index, task_index), record.model_dump(mode="json"))
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local executor
+
+_progress_queue: Any = None
+
+
+def _init_worker(progress_queue: Any) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _worker(output: str, phase_index: int, task_index: int, force: bool) -> dict[str, Any]:
+    def progress(rows: int) -> None:
+        _progress_queue.put(rows)
+
+    return execute_task(Path(output), phase_index, task_index, progress, force).model_dump(mode="json")
+
+
+class LocalExecutor:
+    """Runs the tasks of each phase in a process pool (in-process with one worker). The pool is started
+    once per stage and reused by every phase: starting Python workers costs about a second each."""
+
+    def __init__(
+        self, workers: int | None = None, force: bool = False, reporter: Reporter | None = None
+    ) -> None:
+        self.workers = max(1, workers or default_workers())
+        self.force = force
+        self.reporter = reporter or SilentReporter()
+        self._pool: ProcessPoolExecutor | None = None
+        self._queue: Any = None
+
+    def run(self, plan: Plan) -> list[TaskRecord]:
+        try:
+            return self._run_phases(plan)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def _run_phases(self, plan: Plan) -> list[TaskRecord]:
+        records: list[TaskRecord] = []
+        for phase_index, phase in enumerate(plan.phases):
+            digests = _digest_index(plan, phase_index)
+            pending = [
+                i
+                for i in range(len(phase.tasks))
+                if self.force
+                or not is_task_done(plan, phase_index, i, task_fingerprint(plan, phase_index, i, digests))
+            ]
+            rows = [phase.tasks[i].rows for i in pending]
+            total_rows = sum(r for r in rows if r) if rows and all(r is not None for r in rows) else None
+            self.reporter.phase_started(
+                plan.stage, phase.name, len(phase.tasks), len(phase.tasks) - len(pending), total_rows
+            )
+            if self.workers == 1 or len(pending) <= 1:
+                for i in pending:
+                    self.reporter.task_finished(
+                        execute_task(plan.output, phase_index, i, self.reporter.rows, self.force)
+                    )
+            else:
+                self._run_pool(plan, phase_index, pending)
+            self.reporter.phase_finished(phase.name)
+            for i in range(len(phase.tasks)):
+                record = plan.read_record(phase_index, i)
+                assert record is not None
+                records.append(record)
+        return records
+
+    def _run_pool(self, plan: Plan, phase_index: int, pending: list[int]) -> None:
+        if self._pool is None:
+            # spawn, not fork: pyarrow and torch keep thread pools that a forked child can deadlock on.
+            mp = multiprocessing.get_context("spawn")
+            self._queue = mp.Queue()
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=mp, initializer=_init_worker, initargs=(self._queue,)
+            )
+        futures: set[Future[dict[str, Any]]] = {
+            self._pool.submit(_worker, str(plan.output), phase_index, i, self.force) for i in pending
+        }
+        try:
+            while futures:
+                done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                self._drain(self._queue)
+                for future in done:
+                    self.reporter.task_finished(TaskRecord.model_validate(future.result()))
+            self._drain(self._queue)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    def _drain(self, progress_queue: Any) -> None:
+        while True:
+            try:
+                self.reporter.rows(progress_queue.get_nowait())
+            except queue.Empty:
+                return
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finishing
+
+
+def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
+    stage = plan.build_stage()
+    outputs = stage.output_shards(records)
+    keep = {f.path for r in records for f in r.outputs}
+    # Files of an earlier run with other params or inputs must not pass for part of this shard set.
+    # So must temp files of a killed run.
+    for folder in (plan.output, plan.output / DROPPED_DIR):
+        for stray in [*folder.glob("*.parquet"), *folder.glob(".*.tmp")]:
+            if stray.relative_to(plan.output).as_posix() not in keep:
+                stray.unlink()
+    shutil.rmtree(plan.state_dir / "work", ignore_errors=True)
+    totals = RowCounts()
+    counted = [r for r in records if r.counts is not None]
+    if counted:
+        last_phase = counted[-1].phase
+        for r in counted:
+            if r.phase == last_phase:
+                totals.add(r.counts)  # type: ignore[arg-type]
+        totals.dropped = dict(sorted(totals.dropped.items()))
+    lineage = InputLineage(
+        path=plan.input_path,
+        stage=plan.input_stage,
+        manifest_digest=plan.input_manifest_digest,
+        files=plan.input_files if stage.input_kind == "files" else [],
+    )
+    manifest = Manifest(
+        stage=plan.stage,
+        stage_version=plan.stage_version,
+        params=plan.params,
+        seed=plan.seed,
+        fingerprint=plan.fingerprint,
+        input=lineage,
+        tasks=records,
+        totals=totals,
+        outputs=[f for f in outputs if "/" not in f.path],
+        artifacts=[
+            f
+            for r in records
+            for f in r.outputs
+            if not f.path.endswith(".parquet") and not f.path.startswith(STATE_DIR)
+        ],
+        seconds=round(sum(r.seconds for r in records), 4),
+        summary=stage.summarize(records),
+        versions=library_versions(),
+    )
+    manifest.write(plan.output)
+    return manifest
+
+
+def _clear_keeping_lock(output: Path) -> None:
+    for entry in output.iterdir():
+        if entry.name == STATE_DIR:
+            for inner in entry.iterdir():
+                if inner != lock_path(output):
+                    shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
+        else:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+class Executor(Protocol):
+    """Runs every phase of a planned stage; returns the records of all its tasks."""
+
+    def run(self, plan: Plan) -> list[TaskRecord]: ...
+
+
+def run_stage(
+    stage_name: str,
+    params: StageParams | dict[str, Any],
+    input_path: Path,
+    output: Path,
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    executor: Executor | None = None,
+) -> Manifest:
+    """Plan, run and finish a stage. A crash or kill leaves finished tasks in place, so running the same
+    command again resumes; a bad-input error removes the output folder if this run created it."""
+    output = Path(output)
+    # Checked before taking the lock, so a wrong OUTPUT (the input, a file, someone else's folder) gets
+    # no lock file written into it.
+    _check_output(output, get_stage(stage_name).name, Path(input_path))
+    try:
+        with output_lock(output):
+            if force:
+                _clear_keeping_lock(output)
+            fresh = holds_only_lock(output)
+            reporter = reporter or SilentReporter()
+            try:
+                plan, finished = plan_stage(stage_name, params, input_path, output, seed)
+                if finished:
+                    reporter.message(
+                        f"{stage_name}: {output} is up to date (same params and inputs); nothing to do"
+                    )
+                    # Confirmed against inputs that may be newer (touched, same bytes): make and other
+                    # mtime-based tools would otherwise rerun this stage forever.
+                    os.utime(output / MANIFEST_NAME)
+                    return Manifest.read(output)
+                records = (executor or LocalExecutor(workers, False, reporter)).run(plan)
+                manifest = finalize(plan, records)
+            except IncompleteRun:
+                raise
+            except (ThresherError, OSError):
+                # Bad input, a full or read-only disk, an input deleted mid-run: a folder this run created
+                # goes away whole (which also frees the space). A folder of an earlier run stays, but
+                # without a manifest, so no later stage mistakes it for a finished shard set.
+                if fresh:
+                    shutil.rmtree(output, ignore_errors=True)
+                raise
+            reporter.stage_finished(manifest)
+            return manifest
+    except OSError as exc:
+        # Here from the parent or, pickled, from a pool worker. A pyarrow write error names no file:
+        # then the output folder is the place to look (for a full disk, its file system).
+        raise filesystem_error(exc, exc.filename or output) from None

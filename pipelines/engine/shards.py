@@ -1,0 +1,239 @@
+"""Shard sets: a directory of Parquet shards read in record batches and written atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from thresher.pipelines.engine.atomic import tmp_path_for
+from thresher.pipelines.engine.digest import file_digest
+from thresher.pipelines.engine.errors import ThresherError, UsageError
+from thresher.pipelines.engine.manifest import MANIFEST_NAME, FileRecord, Manifest
+
+ID_COLUMN = "id"
+TEXT_COLUMN = "text"
+DROPPED_DIR = "_dropped"
+STATE_DIR = "_thresher"
+DEFAULT_BATCH_ROWS = 8192
+DROPPED_SCHEMA = pa.schema(
+    [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    num_rows: int
+    size: int
+    schema: pa.Schema | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ThresherError(f"{path}: not a readable Parquet file (truncated or corrupt?): {exc}") from None
+
+
+def _changed(manifest: Manifest) -> str:
+    return f"the shard set was changed after stage '{manifest.stage}' wrote it; rerun that stage"
+
+
+def _check_listed(root: Path, manifest: Manifest, path: Path, rows: int) -> None:
+    """A shard must be what the manifest says the stage wrote: a deleted, added or rewritten shard would
+    otherwise pass for the stage's output. Footer row counts and sizes are cheap; comparing digests would
+    mean reading every byte of the input each time it is opened."""
+    listed = manifest.output(path.name)
+    where = root / MANIFEST_NAME
+    if listed is None:
+        raise ThresherError(f"{path}: not listed in {where}; {_changed(manifest)} (or remove the file)")
+    if listed.rows is not None and listed.rows != rows:
+        raise ThresherError(
+            f"{path}: holds {rows} rows where {where} lists {listed.rows}; {_changed(manifest)}"
+        )
+    size = path.stat().st_size
+    if listed.size != size:
+        raise ThresherError(
+            f"{path}: is {size} bytes where {where} lists {listed.size}; {_changed(manifest)}"
+        )
+
+
+@dataclass
+class ShardSet:
+    """A directory of `*.parquet` shards (sorted by name) and, when thresher wrote it, its manifest."""
+
+    root: Path
+    shards: list[Shard]
+    manifest: Manifest | None
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        required_columns: Sequence[str] = (ID_COLUMN,),
+        string_columns: Sequence[str] = (),
+        column_flags: Mapping[str, str] | None = None,
+    ) -> ShardSet:
+        """Open and check every shard's footer and schema up front, so bad input fails before any work."""
+        root = Path(root)
+        if not root.exists():
+            raise UsageError(f"{root}: input directory does not exist")
+        if not root.is_dir():
+            raise UsageError(f"{root}: input is not a directory of Parquet shards")
+        manifest = Manifest.read(root) if (root / MANIFEST_NAME).exists() else None
+        if manifest is None and (root / STATE_DIR).exists():
+            raise ThresherError(
+                f"{root}: unfinished thresher output (no {MANIFEST_NAME}); rerun the stage that "
+                "writes it, which resumes where it stopped"
+            )
+        paths = sorted(root.glob("*.parquet"))
+        if manifest is not None:
+            present = {p.name for p in paths}
+            for listed in manifest.outputs:
+                if listed.path not in present:
+                    raise ThresherError(
+                        f"{root / listed.path}: missing, though {root / MANIFEST_NAME} lists it; "
+                        f"{_changed(manifest)}"
+                    )
+        if not paths:
+            raise ThresherError(f"{root}: no Parquet shards (*.parquet) in this directory")
+        shards = []
+        for path in paths:
+            pf = _open_parquet(path)
+            if manifest is not None:
+                _check_listed(root, manifest, path, pf.metadata.num_rows)
+            schema = pf.schema_arrow
+            for column in required_columns:
+                if column not in schema.names:
+                    flag = (column_flags or {}).get(column)
+                    hint = f" (pass {flag})" if flag else ""
+                    raise ThresherError(
+                        f"{path}: no column '{column}'{hint}; columns are: {', '.join(schema.names)}"
+                    )
+            for column in string_columns:
+                kind = schema.field(column).type
+                if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                    raise ThresherError(
+                        f"{path}: column '{column}' has type {kind}, expected a string column"
+                    )
+            shards.append(Shard(path, pf.metadata.num_rows, path.stat().st_size, schema))
+        return cls(root, shards, manifest)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.num_rows for s in self.shards)
+
+    def digest(self, shard: Shard) -> str:
+        # A manifest written by the stage that produced the shard already knows the digest; trust it while
+        # the size still matches instead of re-reading the file.
+        listed = self.manifest.output(shard.name) if self.manifest is not None else None
+        if listed is not None and listed.size == shard.size:
+            return listed.digest
+        return file_digest(shard.path)
+
+
+def read_schema(path: Path) -> pa.Schema:
+    return _open_parquet(path).schema_arrow
+
+
+def iter_batches(
+    path: Path, columns: Sequence[str] | None = None, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Stream a shard in record batches; a corrupt page surfaces as a one-line error naming the file."""
+    pf = _open_parquet(path)
+    rows_read = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
+            rows_read += batch.num_rows
+            yield batch
+    except (pa.ArrowException, OSError) as exc:
+        raise ThresherError(f"{path}: unreadable after row {rows_read}: {exc}") from None
+
+
+class ShardWriter:
+    """Write one Parquet file through a temp file renamed into place on `close`.
+
+    Written with fixed options and no pandas metadata, so the same rows give the same bytes.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        self.rows = 0
+        self._closed = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = tmp_path_for(path)
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", write_statistics=True)
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if data.num_rows:
+            if data.schema != self.schema:
+                data = (
+                    data.cast(self.schema)
+                    if isinstance(data, pa.Table)
+                    else pa.Table.from_batches([data]).cast(self.schema)
+                )
+            self._writer.write(data)
+            self.rows += data.num_rows
+
+    def close(self) -> FileRecord:
+        self._closed = True
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return FileRecord(
+            path=str(self.path), size=self.path.stat().st_size, digest=file_digest(self.path), rows=self.rows
+        )
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def dropped_table(
+    ids: pa.Array | list[str],
+    stage: str,
+    reasons: pa.Array | list[str] | str,
+    details: pa.Array | list[str | None] | None = None,
+) -> pa.Table:
+    """The `_dropped/` rows for one batch: which ids a stage removed and why."""
+    n = len(ids)
+    if isinstance(reasons, str):
+        reasons = pa.array([reasons] * n, pa.string())
+    return pa.table(
+        {
+            "id": _strings(ids),
+            "stage": pa.array([stage] * n, pa.string()),
+            "reason": _strings(reasons),
+            "detail": _strings(details if details is not None else [None] * n),
+        },
+        schema=DROPPED_SCHEMA,
+    )
+
+
+def _strings(values: pa.Array | pa.ChunkedArray | list[str | None]) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(pa.string())
+    return pa.array(values, pa.string())

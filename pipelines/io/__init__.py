@@ -1,0 +1,1 @@
+"""Getting data in and out: readers of raw files, and export."""

@@ -1,0 +1,213 @@
+"""Writing a shard set out of thresher: JSON lines (plain, gzip, zstd), one Parquet file, or a `datasets`
+save_to_disk folder, with a lineage sidecar saying what was exported from what."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine.atomic import atomic_path
+from thresher.pipelines.engine.digest import file_digest
+from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
+from thresher.pipelines.engine.manifest import MANIFEST_NAME, library_versions
+from thresher.pipelines.engine.shards import Shard, ShardSet, iter_batches
+from thresher.pipelines.report.inspect import lineage
+
+FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "hf")
+SIDECAR_SUFFIX = ".lineage.json"
+
+
+@dataclass
+class Exported:
+    rows: int
+    output: Path
+    sidecar: Path
+
+
+def sidecar_for(output: Path) -> Path:
+    return output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+def format_for(output: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        return fmt
+    for suffix in ("jsonl.gz", "jsonl.zst", "jsonl", "parquet"):
+        if output.name.endswith("." + suffix):
+            return suffix
+    raise UsageError(
+        f"{output}: cannot tell the format from the name; end it in .jsonl, .jsonl.gz, .jsonl.zst or "
+        ".parquet, or pass --format hf for a `datasets` folder"
+    )
+
+
+def _compressed(raw: IO[bytes], fmt: str) -> IO[bytes]:
+    if fmt == "jsonl.gz":
+        # mtime=0 and no file name keep the gzip header, and so the file, identical across runs; the
+        # default name would be the temp file's, which holds the process id.
+        return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)  # type: ignore[return-value]
+    if fmt == "jsonl.zst":
+        import zstandard
+
+        return zstandard.ZstdCompressor().stream_writer(raw, closefd=False)  # type: ignore[return-value]
+    return raw
+
+
+def _check_columns(shard_set: ShardSet, columns: Sequence[str]) -> None:
+    for shard in shard_set.shards:
+        names = shard.schema.names if shard.schema is not None else []
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise UsageError(
+                f"{shard.path}: no column {', '.join(repr(c) for c in missing)} for --columns; "
+                f"columns are: {', '.join(names)}"
+            )
+
+
+def _one_schema(shard_set: ShardSet, fmt: str) -> None:
+    first = shard_set.shards[0]
+    for shard in shard_set.shards[1:]:
+        if not shard.schema.equals(first.schema):  # type: ignore[union-attr]
+            raise ThresherError(
+                f"{shard.path}: columns differ from {first.name}'s ({_columns(shard)} vs "
+                f"{_columns(first)}); {fmt} output needs one schema: export to JSON lines instead"
+            )
+
+
+def _batches(shard_set: ShardSet, columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+    for shard in shard_set.shards:
+        yield from iter_batches(shard.path, columns=columns)
+
+
+def export(
+    input_dir: Path,
+    output: Path,
+    fmt: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    force: bool = False,
+) -> Exported:
+    """Export every row in shard order (only `columns`, in that order, when given)."""
+    shard_set = ShardSet.open(input_dir, required_columns=())
+    fmt = format_for(output, fmt)
+    columns = list(columns) if columns else None
+    if columns:
+        _check_columns(shard_set, columns)
+    if fmt in ("hf", "parquet") and not columns:
+        _one_schema(shard_set, fmt)
+    sidecar = sidecar_for(output)
+    if (output.exists() or sidecar.exists()) and not force:
+        raise UsageError(f"{output}: already exists; pass --force to replace it, or choose another path")
+    landed = False
+    try:
+        if fmt == "hf":
+            rows = _export_hf(shard_set, output, columns, force)
+        else:
+            with atomic_path(output) as tmp:
+                rows = (_write_parquet if fmt == "parquet" else _write_jsonl)(shard_set, tmp, fmt, columns)
+        landed = True
+        _write_sidecar(shard_set, output, sidecar, fmt, columns, rows)
+    except OSError as exc:
+        if landed:  # an export without its sidecar is a partial output: take it away too
+            shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
+        raise filesystem_error(exc, output) from None
+    return Exported(rows, output, sidecar)
+
+
+def _write_jsonl(shard_set: ShardSet, tmp: Path, fmt: str, columns: list[str] | None) -> int:
+    rows = 0
+    with open(tmp, "wb") as raw, _compressed(raw, fmt) as f:
+        for batch in _batches(shard_set, columns):
+            for row in batch.to_pylist():
+                f.write(json.dumps(row, ensure_ascii=False, default=str).encode() + b"\n")
+            rows += batch.num_rows
+    return rows
+
+
+def _write_parquet(shard_set: ShardSet, tmp: Path, fmt: str, columns: list[str] | None) -> int:
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in _batches(shard_set, columns):
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+            writer.write_batch(batch)
+            rows += batch.num_rows
+        if writer is None:  # every shard empty: still a valid file with the set's columns
+            schema = shard_set.shards[0].schema
+            assert schema is not None
+            pq.write_table(schema.empty_table().select(columns or schema.names), tmp)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _export_hf(shard_set: ShardSet, output: Path, columns: list[str] | None, force: bool) -> int:
+    import datasets
+
+    # thresher reports progress itself; the library's bars would interleave with log lines under cron.
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    files = [str(s.path) for s in shard_set.shards]
+    tmp = output.with_name(f".{output.name}.tmp")
+    cache = output.parent / f".{output.name}.cache"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            ds = datasets.Dataset.from_parquet(files, columns=columns, cache_dir=str(cache))
+            ds.save_to_disk(str(tmp))
+        except datasets.exceptions.DatasetGenerationError as exc:
+            # The library wraps a full disk or a read-only folder in its own error; unwrap it.
+            if isinstance(exc.__cause__, OSError):
+                raise exc.__cause__ from None
+            raise
+        if force and output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    return len(ds)
+
+
+def _write_sidecar(
+    shard_set: ShardSet, output: Path, sidecar: Path, fmt: str, columns: list[str] | None, rows: int
+) -> None:
+    """What this file is: the shard set it came from (and that set's manifest digest), the stages back to
+    the raw input with what each kept and dropped, and the exported file's own digest."""
+    manifest = shard_set.root / MANIFEST_NAME
+    atomic.write_json(
+        sidecar,
+        {
+            "exported": output.name,
+            "format": fmt,
+            "rows": rows,
+            "columns": columns or (shard_set.shards[0].schema.names if shard_set.shards[0].schema else []),
+            "digest": None if output.is_dir() else file_digest(output),
+            "source": {
+                "path": str(shard_set.root.resolve()),
+                "manifest_digest": file_digest(manifest) if manifest.exists() else None,
+                "stage": shard_set.manifest.stage if shard_set.manifest else None,
+            },
+            "lineage": [
+                {"path": step.path, "stage": step.stage, "counts": step.counts.model_dump()}
+                for step in lineage(shard_set.root)
+            ],
+            "versions": library_versions(),
+        },
+    )
+
+
+def _columns(shard: Shard) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in shard.schema or [])

@@ -1,0 +1,276 @@
+"""Readers for raw inputs: JSON lines (plain, gzip, zstd), Parquet, CSV and `datasets` folders.
+
+Each reader streams Arrow tables of at most `batch_rows` rows and turns format errors into one line that
+names the file and, where the format allows, the line.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
+from thresher.pipelines.engine.shards import iter_batches
+
+JSONL_SUFFIXES = (
+    ".jsonl",
+    ".ndjson",
+    ".json",
+    ".jsonl.gz",
+    ".ndjson.gz",
+    ".json.gz",
+    ".jsonl.zst",
+    ".ndjson.zst",
+    ".json.zst",
+)
+SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".csv", ".csv.gz")
+
+
+def is_hf_dataset(path: Path) -> bool:
+    """A folder written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
+    return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def expand_inputs(inputs: list[Path], output: Path | None = None) -> list[Path]:
+    """Files and dataset folders to read, in a stable order: folders are searched for supported files,
+    leaving out `output` (an output folder inside an input folder would have a rerun read its own shards).
+
+    Each real file or folder is read once, however many links or arguments lead to it: a link back up
+    the tree (`d/self -> d`) would otherwise be followed until the path grew too long, reading every file
+    dozens of times.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    exclude = Path(os.path.realpath(output)) if output else None
+    for path in inputs:
+        if not path.exists() and not path.is_symlink():
+            raise UsageError(f"{path}: input does not exist")
+        real = _real_path(path, UsageError)
+        if real in seen:
+            continue
+        if path.is_file() or is_hf_dataset(path):
+            seen.add(real)
+            found.append(path)
+            continue
+        files = _inputs_under(path, real, exclude, seen)
+        if not files:
+            raise ThresherError(f"{path}: no input files here (looked for {', '.join(SUFFIXES)})")
+        found.extend(files)
+    return found
+
+
+def _real_path(path: Path, error: type[ThresherError] = ThresherError) -> Path:
+    """The path with every link resolved; a link loop or a link to nothing is an error naming it."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(f"{path}: symbolic link loop ({os.strerror(exc.errno)})") from None
+        if path.is_symlink():
+            raise error(f"{path}: symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise filesystem_error(exc, path) from None
+
+
+def _inputs_under(folder: Path, real: Path, output: Path | None, seen: set[Path]) -> list[Path]:
+    # Depth first in name order, which is sorted path order. A saved dataset is one input, not its
+    # .json metadata; names starting with "." or "_" (a shard set's _dropped/, _thresher/, _manifest.json)
+    # are not data, so a shard set folder can be ingested again.
+    seen.add(real)
+    found: list[Path] = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith((".", "_")):
+            continue
+        is_dir = p.is_dir()
+        if not (is_dir or p.name.endswith(SUFFIXES)):
+            continue
+        real_p = _real_path(p)
+        if real_p in seen or real_p == output:
+            continue
+        if is_hf_dataset(p):
+            seen.add(real_p)
+            found.append(p)
+        elif is_dir:
+            found.extend(_inputs_under(p, real_p, output, seen))
+        elif p.is_file():
+            seen.add(real_p)
+            found.append(p)
+    return found
+
+
+def _open_text(path: Path) -> IO[bytes]:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        # pyarrow's stream, not zstandard's stream_reader: that one ends quietly at a cut-short file, so a
+        # truncated download would be ingested in part without a word.
+        return io.BufferedReader(pa.input_stream(str(path), compression="zstd"))
+    return open(path, "rb")
+
+
+def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    rows: list[dict[str, object]] = []
+    linenos: list[int] = []  # line of each row in `rows`: blank lines hold no row
+    schema: pa.Schema | None = None
+    with _open_text(path) as f:
+        try:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ThresherError(f"{path}:{lineno}: invalid UTF-8 at byte {exc.start}") from None
+                try:
+                    # Without its newline, a line cut short fails on this line, not at column 1 of the next.
+                    obj = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as exc:
+                    raise ThresherError(
+                        f"{path}:{lineno}: malformed JSON ({exc.msg}, column {exc.colno})"
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise ThresherError(
+                        f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}"
+                    )
+                rows.append(obj)
+                linenos.append(lineno)
+                if len(rows) >= batch_rows:
+                    table, schema = _jsonl_table(rows, schema, path, linenos)
+                    yield table
+                    rows, linenos = [], []
+        except (OSError, EOFError, ValueError) as exc:
+            if isinstance(exc, ThresherError):
+                raise
+            raise ThresherError(f"{path}: cannot decompress or read ({exc})") from None
+    if rows:
+        yield _jsonl_table(rows, schema, path, linenos)[0]
+
+
+def _lines(path: Path, first: int, last: int) -> str:
+    return f"{path}:{first}" if first == last else f"{path}:{first}-{last}"
+
+
+def _jsonl_table(
+    rows: list[dict[str, object]], schema: pa.Schema | None, path: Path, linenos: list[int]
+) -> tuple[pa.Table, pa.Schema]:
+    try:
+        return _rows_to_table(rows, schema, _lines(path, linenos[0], linenos[-1]))
+    except UnicodeEncodeError:
+        # json.loads accepts an unpaired surrogate escape ("\ud800"), which no UTF-8 text can hold; the
+        # rows are searched only now, so well-formed input pays nothing for the check.
+        bad = next((n for n, row in zip(linenos, rows, strict=True) if not _encodable(row)), None)
+        where = f"{path}:{bad}" if bad is not None else _lines(path, linenos[0], linenos[-1])
+        raise ThresherError(
+            f"{where}: lone surrogate (a \\ud800-\\udfff escape without its pair): not valid Unicode text"
+        ) from None
+
+
+def _encodable(row: dict[str, object]) -> bool:
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _rows_to_table(
+    rows: list[dict[str, object]], schema: pa.Schema | None, where: str
+) -> tuple[pa.Table, pa.Schema]:
+    try:
+        if schema is None:
+            # Columns from every row of the batch: from_pylist would keep the first row's keys alone.
+            table = pa.Table.from_struct_array(pa.array(rows))
+        else:
+            new_keys = {k for r in rows for k in r} - set(schema.names)
+            if new_keys or any(pa.types.is_null(f.type) for f in schema):
+                # A key null in every earlier row takes its type from the first values seen, and a new key
+                # joins the schema: the caller, who knows which columns are wanted, decides if that is
+                # an error.
+                seen = pa.array(rows).type
+                schema = pa.schema(
+                    [
+                        seen.field(f.name)
+                        if pa.types.is_null(f.type) and seen.get_field_index(f.name) >= 0
+                        else f
+                        for f in schema
+                    ]
+                    + [f for f in seen if f.name in new_keys]
+                )
+            table = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowException, TypeError) as exc:
+        raise ThresherError(f"{where}: a key holds values of different types ({exc})") from None
+    return table, table.schema
+
+
+def _csv(path: Path, batch_rows: int, string_columns: list[str]) -> Iterator[pa.Table]:
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
+    try:
+        reader = pacsv.open_csv(
+            path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20)
+        )
+        for batch in reader:
+            for start in range(0, batch.num_rows, batch_rows):
+                yield pa.Table.from_batches([batch.slice(start, batch_rows)])
+    except (pa.ArrowException, OSError) as exc:
+        raise ThresherError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+
+
+def _hf(path: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise ThresherError(f"{path}: cannot load the saved dataset ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds)
+        chosen = split or ("train" if "train" in ds else (names[0] if len(names) == 1 else None))
+        if chosen not in ds:
+            hint = f"no split '{split}'" if split else "no 'train' split"
+            raise UsageError(f"{path}: {hint}; pass --split with one of: {', '.join(names)}")
+        ds = ds[chosen]
+    yield from ds.with_format("arrow").iter(batch_size=batch_rows)
+
+
+def read_source(
+    path: Path, batch_rows: int, *, split: str | None = None, string_columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """Stream one raw input as Arrow tables. A zero-byte file holds no rows, whatever its format, so it
+    reads as empty (not as a broken Parquet or CSV file): the caller decides whether empty is allowed."""
+    name = path.name
+    if not path.exists():
+        raise ThresherError(f"{path}: input is gone (deleted or moved after the run started)")
+    if path.is_file() and path.stat().st_size == 0:
+        return
+    if is_hf_dataset(path):
+        yield from _hf(path, batch_rows, split)
+    elif name.endswith(JSONL_SUFFIXES):
+        yield from _jsonl(path, batch_rows)
+    elif name.endswith(".parquet"):
+        for batch in iter_batches(path, batch_rows=batch_rows):
+            yield pa.Table.from_batches([batch])
+    elif name.endswith((".csv", ".csv.gz")):
+        yield from _csv(path, batch_rows, string_columns or [])
+    else:
+        raise UsageError(
+            f"{path}: unknown input format; supported: {', '.join(SUFFIXES)} or a `datasets` folder"
+        )
+
+
+def parquet_rows(path: Path) -> int | None:
+    """Row count when the format stores it, for progress bars."""
+    if path.name.endswith(".parquet"):
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError):
+            return None
+    return None

@@ -1,0 +1,1 @@
+"""What a run made: inspect and the HTML report."""

@@ -1,0 +1,191 @@
+"""Exact dedup: drop rows whose normalised text repeats an earlier row anywhere in the shard set.
+
+Three phases: `hash` (per shard) writes text hashes split into buckets; `decide` (per bucket) marks every
+repeat of an earlier (shard, row); `filter` (per shard) drops the marked rows, naming the id they repeat.
+"Earlier" is shard order by file name, then row order, so the kept row does not depend on scheduling.
+Empty texts are never treated as duplicates of each other. `--also-columns` compares several columns as one
+key (instruction + input for instruction data): rows repeat only when every column does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from thresher.pipelines.engine.hash_buckets import (
+    HashBucketWriter,
+    buckets_for,
+    hash128,
+    read_bucket,
+    repeat_runs,
+)
+from thresher.pipelines.engine.manifest import TaskRecord
+from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
+from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.text.normalize import normalise, separator
+
+DECISION_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("dup_of", pa.string())])
+REASON = "exact_duplicate"
+
+
+class ExactDedupParams(StageParams):
+    text_column: str = Field("text", description="Column holding the text to compare.")
+    also_columns: list[str] = Field(
+        [],
+        description="More text columns compared together with --text-column, e.g. `input` with "
+        "--text-column instruction: a row repeats another only when all of them do (a missing value "
+        "counts as empty).",
+    )
+    lowercase: bool = Field(True, description="Compare case-insensitively (whitespace is always collapsed).")
+    buckets: int | None = Field(
+        None, ge=1, le=65536, description="Hash buckets for the decide phase; default: one per 2M rows."
+    )
+
+
+class ExactDedup(Stage):
+    name = "exact-dedup"
+    version = "1"
+    Params = ExactDedupParams
+    summary = "Drop rows whose normalised text repeats an earlier row (global, across all shards)."
+    example = "thresher dedup exact data/00-ingest data/01-exact --workers 8"
+    command = ("dedup", "exact")
+    params: ExactDedupParams
+
+    def required_columns(self) -> list[str]:
+        return [ID_COLUMN, *self._key_columns()]
+
+    def string_columns(self) -> list[str]:
+        return self._key_columns()
+
+    def _key_columns(self) -> list[str]:
+        return list(dict.fromkeys([self.params.text_column, *self.params.also_columns]))
+
+    def _key(self, batch: pa.RecordBatch) -> pa.Array:
+        """The normalised text to compare; several columns are joined with a separator no text holds."""
+        columns = [normalise(batch.column(c), self.params.lowercase) for c in self._key_columns()]
+        if len(columns) == 1:
+            return columns[0]
+        # One string type for the join: a shard may mix string and large_string columns.
+        wide = any(pa.types.is_large_string(c.type) for c in columns)
+        kind = pa.large_string() if wide else pa.string()
+        columns = [c.cast(kind) for c in columns]
+        # All columns empty is an empty key (never a duplicate), as for a single column.
+        lengths = [pc.utf8_length(c) for c in columns]
+        empty = pc.equal(pc.max_element_wise(*lengths), 0)
+        return pc.if_else(empty, "", pc.binary_join_element_wise(*columns, separator("\x1f", kind)))
+
+    def _n_buckets(self) -> int:
+        assert self.ctx.input is not None
+        return self.params.buckets or buckets_for(self.ctx.input.num_rows)
+
+    def _hash_file(self, shard_name: str) -> Path:
+        return self.ctx.work / "hashes" / shard_name
+
+    def _decision_file(self, bucket: int) -> Path:
+        return self.ctx.work / "decisions" / f"bucket-{bucket:05d}.parquet"
+
+    def phases(self) -> list[PhaseSpec]:
+        assert self.ctx.input is not None
+        shards = self.ctx.input.shards
+        n = self._n_buckets()
+        hash_files = tuple(str(self._hash_file(s.name)) for s in shards)
+        decision_files = tuple(str(self._decision_file(b)) for b in range(n))
+        return [
+            PhaseSpec(
+                "hash",
+                [TaskSpec(s.name, (str(s.path),), {"shard": i}, s.num_rows) for i, s in enumerate(shards)],
+            ),
+            PhaseSpec("decide", [TaskSpec(f"bucket-{b:05d}", hash_files, {"bucket": b}) for b in range(n)]),
+            PhaseSpec(
+                "filter",
+                [
+                    TaskSpec(s.name, (str(s.path), *decision_files), {"shard": i}, s.num_rows)
+                    for i, s in enumerate(shards)
+                ],
+            ),
+        ]
+
+    def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
+        if phase == "hash":
+            return self._hash(task, tc)
+        if phase == "decide":
+            return self._decide(task, tc)
+        return self._filter(task, tc)
+
+    def _hash(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
+        shard = task.args["shard"]
+        writer = HashBucketWriter(self._hash_file(task.key), self._n_buckets())
+        offset = 0
+        for batch in iter_batches(task.inputs[0], self.required_columns()):
+            text = self._key(batch)
+            rows = np.nonzero(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))[0]
+            taken = pa.array(rows, pa.int64())
+            writer.add(hash128(text.take(taken)), shard, rows + offset, batch.column(ID_COLUMN).take(taken))
+            offset += batch.num_rows
+            tc.progress(batch.num_rows)
+        tc.record(writer.close())
+        return TaskResult()
+
+    def _decide(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
+        table = read_bucket([Path(p) for p in task.inputs], task.args["bucket"])
+        repeat, first = repeat_runs(table)
+        dups = np.nonzero(repeat)[0]
+        ids = table["id"]
+        decisions = pa.table(
+            {
+                "shard": table["shard"].take(dups),
+                "row": table["row"].take(dups),
+                "dup_of": ids.take(pa.array(first[dups])),
+            },
+            schema=DECISION_SCHEMA,
+        )
+        decisions = decisions.sort_by([("shard", "ascending"), ("row", "ascending")])
+        writer = ShardWriter(self._decision_file(task.args["bucket"]), DECISION_SCHEMA)
+        with writer:
+            writer.write(decisions)
+        tc.record(writer.close())
+        groups = int(np.count_nonzero(repeat[1:] & ~repeat[:-1])) if len(repeat) > 1 else 0
+        return TaskResult(extra={"hashed_rows": table.num_rows, "duplicates": len(dups), "groups": groups})
+
+    def _filter(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
+        shard = task.args["shard"]
+        parts = [pq.read_table(p, filters=[("shard", "=", shard)]) for p in task.inputs[1:]]
+        decided = pa.concat_tables(parts).sort_by("row") if parts else DECISION_SCHEMA.empty_table()
+        dup_rows = decided["row"].to_numpy()
+        dup_of = decided["dup_of"]
+        offset = 0
+
+        def drop_repeats(batch: pa.RecordBatch) -> BatchOutcome:
+            nonlocal offset
+            rows = np.arange(offset, offset + batch.num_rows)
+            offset += batch.num_rows
+            is_dup = np.isin(rows, dup_rows, assume_unique=True)
+            if not is_dup.any():
+                return BatchOutcome(batch)
+            details = dup_of.take(pa.array(np.searchsorted(dup_rows, rows[is_dup])))
+            dropped = dropped_table(
+                batch.column(ID_COLUMN).filter(pa.array(is_dup)), self.name, REASON, details
+            )
+            return BatchOutcome(batch.filter(pa.array(~is_dup)), dropped)
+
+        return map_shard(Path(task.inputs[0]), tc, drop_repeats, writes_dropped=True)
+
+    def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
+        decide = [r for r in records if r.phase == "decide"]
+        counts: Counter[str] = Counter()
+        for r in decide:
+            counts.update({k: v for k, v in r.extra.items() if isinstance(v, int)})
+        return {
+            "buckets": len(decide),
+            "duplicate_rows": counts["duplicates"],
+            "duplicate_groups": counts["groups"],
+            "hashed_rows": counts["hashed_rows"],
+        }

@@ -1,0 +1,169 @@
+"""MinHash signatures for whole record batches, with datasketch's permutation semantics.
+
+Shingles are hashed without a Python call per shingle: each distinct token of a batch is hashed once
+(xxh3-64 of its UTF-8, or a mix of the code point for character shingles), and n-gram hashes are
+combined from token hashes with numpy. The 32-bit shingle hashes then go through exactly what
+datasketch's `MinHash` (scheme "affine32") does to a hashed value: the MurmurHash3 finalizer, then
+`a * h + b` mod 2^32 with datasketch's own seeded permutations, minimum per permutation. A test checks
+our signatures against `datasketch.MinHash` fed with the same shingle hashes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from thresher.pipelines.text.normalize import normalise
+
+U32 = np.uint32
+U64 = np.uint64
+_MIX = U64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection mod 2^64
+MAX_HASH = np.iinfo(np.uint32).max
+# Shingles hashed per numpy step: bounds the (shingles x permutations) matrix to a few tens of MB, so a
+# 10 MB document costs time, not memory.
+CHUNK_SHINGLES = 16_384
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """Stafford's mix13 finalizer: an avalanching bijection on uint64."""
+    x = x ^ (x >> U64(30))
+    x = x * U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> U64(27))
+    x = x * U64(0x94D049BB133111EB)
+    return x ^ (x >> U64(31))
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, the pre-mix datasketch applies before its permutations."""
+    h = h ^ (h >> U32(16))
+    h = h * U32(0x85EBCA6B)
+    h = h ^ (h >> U32(13))
+    h = h * U32(0xC2B2AE35)
+    return h ^ (h >> U32(16))
+
+
+@cache
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters (a, b) for this seed."""
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
+    a, b = m.permutations
+    return a.astype(U32), b.astype(U32)
+
+
+@dataclass(frozen=True)
+class Shingling:
+    ngram: int = 5
+    unit: str = "word"  # "word" or "char"
+    lowercase: bool = True
+    strip_punctuation: bool = False
+
+
+def _normalised(texts: pa.Array, shingling: Shingling) -> pa.Array:
+    texts = normalise(texts, shingling.lowercase)
+    if shingling.strip_punctuation:
+        texts = pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, r"[\p{P}\p{S}]+", " "))
+        texts = normalise(texts, lowercase=False)
+    return texts
+
+
+def token_hashes(texts: pa.Array, shingling: Shingling) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hash per token, offsets): tokens of document i are hashes[offsets[i]:offsets[i+1]]."""
+    norm = _normalised(texts, shingling)
+    # Empty text has no tokens (splitting "" would give one empty token): make it null first.
+    norm = pc.if_else(pc.equal(norm, ""), pa.scalar(None, pa.string()), norm)
+    if shingling.unit == "word":
+        tokens = pc.utf8_split_whitespace(norm)
+        offsets = tokens.offsets.to_numpy().astype(np.int64)
+        values = tokens.values
+        if len(values) == 0:
+            return np.zeros(0, U64), offsets
+        encoded = pc.dictionary_encode(values)
+        # One hash per distinct token of the batch: word frequencies are Zipfian, so far fewer calls than
+        # tokens.
+        words = pc.cast(encoded.dictionary, pa.binary()).to_pylist()
+        unique = np.fromiter((xxhash.xxh3_64_intdigest(w) for w in words), U64, len(words))
+        return unique[encoded.indices.to_numpy()], offsets - offsets[0]
+    # Character shingles (CJK and other scripts without spaces): one token per code point.
+    codes = [np.frombuffer((t or "").encode("utf-32-le"), dtype=U32) for t in norm.to_pylist()]
+    lengths = np.array([len(c) for c in codes], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.concatenate(codes) if codes else np.zeros(0, U32)
+    return splitmix64(flat.astype(U64) + _MIX), offsets
+
+
+def _combine(tokens: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    h = np.zeros(len(starts), U64)
+    for j in range(width):
+        h = h * _MIX + tokens[starts + j]
+    return (splitmix64(h) >> U64(32)).astype(U32)
+
+
+def shingle_hashes(tokens: np.ndarray, offsets: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32 hash per shingle, index of its document), grouped by document in order.
+
+    A document shorter than one n-gram gives a single shingle of all its tokens; an empty one gives none.
+    """
+    lengths = np.diff(offsets)
+    windows = np.where(lengths >= ngram, lengths - ngram + 1, (lengths > 0).astype(np.int64))
+    doc = np.repeat(np.arange(len(lengths)), windows)
+    # Start of each shingle: its document's first token plus its position among that document's shingles.
+    first = np.repeat(offsets[:-1], windows)
+    position = np.arange(len(doc)) - np.repeat(np.cumsum(windows) - windows, windows)
+    starts = first + position
+    hashes = np.empty(len(doc), U32)
+    full = np.repeat(lengths >= ngram, windows)
+    hashes[full] = _combine(tokens, starts[full], ngram)
+    for i in np.nonzero(~full)[0]:  # short documents: rare, so a loop is fine
+        length = int(lengths[doc[i]])
+        hashes[i] = _combine(tokens, starts[i : i + 1], length)[0]
+    return hashes, doc
+
+
+def signatures(texts: pa.Array, shingling: Shingling, num_perm: int, seed: int) -> np.ndarray:
+    """(documents x num_perm) uint32 MinHash signatures; rows of documents without shingles stay at the
+    maximum value, which the LSH phase leaves out."""
+    a, b = permutations(num_perm, seed)
+    tokens, offsets = token_hashes(texts, shingling)
+    hashes, doc = shingle_hashes(tokens, offsets, shingling.ngram)
+    sig = np.full((len(texts), num_perm), MAX_HASH, dtype=U32)
+    for start in range(0, len(hashes), CHUNK_SHINGLES):
+        h = fmix32(hashes[start : start + CHUNK_SHINGLES])
+        d = doc[start : start + CHUNK_SHINGLES]
+        permuted = h[:, None] * a[None, :] + b[None, :]
+        seg = np.concatenate([[0], np.nonzero(np.diff(d))[0] + 1])
+        docs = d[seg]
+        sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(permuted, seg, axis=0))
+    return sig
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(documents x bands) uint64 keys: documents share a key in a band iff they agree on its rows
+    (up to a 2^-64 collision)."""
+    keys = np.empty((sig.shape[0], bands), U64)
+    for band in range(bands):
+        h = np.full(sig.shape[0], U64(band + 1))
+        for j in range(band * rows, (band + 1) * rows):
+            h = h * _MIX + sig[:, j].astype(U64)
+        keys[:, band] = splitmix64(h)
+    return keys
+
+
+def candidate_probability(similarity: float, bands: int, rows: int) -> float:
+    """Chance that two documents of this Jaccard similarity share at least one band (the S-curve)."""
+    return 1.0 - (1.0 - similarity**rows) ** bands
+
+
+def choose_bands(threshold: float, num_perm: int, false_negative_weight: float = 0.5) -> tuple[int, int]:
+    """datasketch's choice of (bands, rows): least weighted false-positive + false-negative mass."""
+    from datasketch import MinHashLSH
+
+    weights = (1.0 - false_negative_weight, false_negative_weight)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
+    return lsh.b, lsh.r

@@ -1,0 +1,1 @@
+"""DoReMi domain reweighting."""

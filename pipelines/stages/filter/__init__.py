@@ -1,0 +1,1 @@
+"""Keeping rows by conditions and global top fractions."""

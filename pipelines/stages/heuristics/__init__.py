@@ -1,0 +1,1 @@
+"""Gopher and C4 heuristic rules."""

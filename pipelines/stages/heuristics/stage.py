@@ -1,0 +1,307 @@
+"""Heuristic filters: drop documents that trip cheap, named rules (Gopher, C4-style, blocklists).
+
+A map stage: every shard is streamed in batches, each rule measures the whole batch at once, and a dropped
+document's `_dropped/` row names the first rule it tripped (in catalogue order) with the measured figure.
+The manifest counts drops per rule, and also how many documents tripped each rule at all. Every rule, its
+source (the Gopher or the C4 paper) and its default threshold are listed in `rules.py`.
+
+With `--c4-lines` the stage first rewrites documents the way C4 did (offending lines removed, see
+`rules.c4_clean_lines`), drops those left with too few sentences under the reason `c4_lines`,
+and runs the rules on what is left; the manifest counts the lines removed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from thresher.pipelines.engine.errors import UsageError
+from thresher.pipelines.engine.manifest import TaskRecord
+from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.shards import ID_COLUMN, dropped_table
+from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.stages.heuristics.rules import (
+    DEFAULT_RULES,
+    RULE_NAMES,
+    Blocklists,
+    c4_clean_lines,
+    expand_rules,
+    rule,
+)
+from thresher.pipelines.stages.heuristics.text_views import TextBatch
+
+
+def _ngram_limits(values: list[str], smallest: int, option: str) -> list[tuple[int, float]]:
+    limits = []
+    for item in values:
+        n, sep, limit = item.partition(":")
+        try:
+            parsed = (int(n), float(limit))
+        except ValueError:
+            raise ValueError(f"{option}: expected N:FRACTION items like 2:0.2, got {item!r}") from None
+        if not sep or parsed[0] < smallest or not 0 <= parsed[1] <= 1:
+            raise ValueError(f"{option}: {item!r} needs N >= {smallest} and a fraction in 0..1")
+        limits.append(parsed)
+    return sorted(limits)
+
+
+class HeuristicsParams(StageParams):
+    text_column: str = Field("text", description="Column holding the text.")
+    rules: list[str] = Field(
+        list(DEFAULT_RULES),
+        description="Rules to apply: the groups gopher and c4, and/or rule names ("
+        + ", ".join(RULE_NAMES)
+        + "). The blocklist rules are added when their files are given.",
+    )
+    min_words: int = Field(50, ge=0, description="gopher_word_count: fewest words.")
+    max_words: int = Field(100_000, ge=1, description="gopher_word_count: most words.")
+    min_mean_word_length: float = Field(3.0, ge=0, description="gopher_mean_word_length: lower bound.")
+    max_mean_word_length: float = Field(10.0, ge=0, description="gopher_mean_word_length: upper bound.")
+    max_symbol_word_ratio: float = Field(
+        0.1,
+        ge=0,
+        description="gopher_hash_ratio, gopher_ellipsis_ratio: most '#' per word, and most ellipses per word"
+        " ('...' or '\u2026'), each.",
+    )
+    max_bullet_lines: float = Field(0.9, ge=0, le=1, description="gopher_bullet_lines: most bulleted lines.")
+    max_ellipsis_lines: float = Field(
+        0.3, ge=0, le=1, description="gopher_ellipsis_lines: most lines ending in an ellipsis."
+    )
+    min_alpha_words: float = Field(
+        0.8, ge=0, le=1, description="gopher_alpha_words: fewest words with a letter (share)."
+    )
+    min_stop_words: int = Field(
+        2, ge=0, description="gopher_stop_words: fewest distinct English stop words (of Gopher's eight)."
+    )
+    max_dup_lines: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: most repeated lines.")
+    max_dup_line_chars: float = Field(
+        0.2, ge=0, le=1, description="gopher_dup_line_chars: most characters in repeated lines."
+    )
+    max_dup_paragraphs: float = Field(
+        0.3, ge=0, le=1, description="gopher_dup_paragraphs: most repeated paragraphs."
+    )
+    max_dup_paragraph_chars: float = Field(
+        0.2, ge=0, le=1, description="gopher_dup_paragraph_chars: most characters in repeated paragraphs."
+    )
+    top_ngram: list[str] = Field(
+        ["2:0.2", "3:0.18", "4:0.16"],
+        description="gopher_top_ngram: N:FRACTION, most characters in the most repeated word N-gram.",
+    )
+    dup_ngram: list[str] = Field(
+        ["5:0.15", "6:0.14", "7:0.13", "8:0.12", "9:0.11", "10:0.1"],
+        description="gopher_dup_ngram: N:FRACTION, most characters covered by repeated word N-grams.",
+    )
+    min_terminal_punct_lines: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="c4_terminal_punct: fewest lines ending in . ! ?, a closing quote, an ellipsis or a CJK"
+        " full stop (share).",
+    )
+    max_javascript_cookie_lines: float = Field(
+        0.1, ge=0, le=1, description="c4_javascript_cookie: most lines about javascript/cookies/policies."
+    )
+    c4_lines: bool = Field(
+        False,
+        description="Clean lines as C4 did before the rules run: remove lines without terminal punctuation"
+        " (or ending in '...'), shorter than --c4-min-line-words, or about javascript/cookies/policies;"
+        " then drop documents left with fewer than --c4-min-sentences sentences (reason c4_lines).",
+    )
+    c4_min_line_words: int = Field(5, ge=0, description="--c4-lines: fewest words a kept line has.")
+    c4_min_sentences: int = Field(
+        3, ge=0, description="--c4-lines: fewest sentences a document keeps after line cleaning."
+    )
+    word_blocklist: list[str] = Field(
+        [], description="Files of blocked words or phrases, one per line ('#' comments); case-insensitive."
+    )
+    url_blocklist: list[str] = Field(
+        [], description="Files of blocked domains, one per line; subdomains are blocked too."
+    )
+    url_column: str = Field("url", description="Column holding the URL, for --url-blocklist.")
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: list[str]) -> list[str]:
+        expand_rules(value)
+        return value
+
+    @field_validator("top_ngram")
+    @classmethod
+    def _top_ngram(cls, value: list[str]) -> list[str]:
+        _ngram_limits(value, 1, "--top-ngram")
+        return value
+
+    @field_validator("dup_ngram")
+    @classmethod
+    def _dup_ngram(cls, value: list[str]) -> list[str]:
+        _ngram_limits(value, 1, "--dup-ngram")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> HeuristicsParams:
+        if self.min_words > self.max_words:
+            raise ValueError("--min-words is above --max-words")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError("--min-mean-word-length is above --max-mean-word-length")
+        return self
+
+    def top_ngram_limits(self) -> list[tuple[int, float]]:
+        return _ngram_limits(self.top_ngram, 1, "--top-ngram")
+
+    def dup_ngram_limits(self) -> list[tuple[int, float]]:
+        return _ngram_limits(self.dup_ngram, 1, "--dup-ngram")
+
+    def active_rules(self) -> tuple[str, ...]:
+        names = set(expand_rules(self.rules))
+        for name, files in (("word_blocklist", self.word_blocklist), ("url_blocklist", self.url_blocklist)):
+            if files:
+                names.add(name)
+            elif name in names:
+                raise UsageError(f"rule {name} needs --{name.replace('_', '-')} FILE")
+        return tuple(n for n in RULE_NAMES if n in names)
+
+
+class Heuristics(Stage):
+    name = "heuristics"
+    version = "1"
+    Params = HeuristicsParams
+    summary = "Drop documents that trip heuristic rules (Gopher quality/repetition, C4-style, blocklists)."
+    example = "thresher heuristics data/01-exact data/02-heuristics --rules gopher,c4 --min-words 30"
+    command = ("heuristics",)
+    params: HeuristicsParams
+
+    def _url_column(self) -> list[str]:
+        return [self.params.url_column] if self.params.url_blocklist else []
+
+    def required_columns(self) -> list[str]:
+        return [*super().required_columns(), *self._url_column()]
+
+    def string_columns(self) -> list[str]:
+        return [*super().string_columns(), *self._url_column()]
+
+    def side_inputs(self) -> list[Path]:
+        self.params.active_rules()  # a rule asked for without its file fails here, before any work
+        files = [Path(f) for f in (*self.params.word_blocklist, *self.params.url_blocklist)]
+        for f in files:
+            if not f.is_file():
+                raise UsageError(f"{f}: blocklist file does not exist")
+        return files
+
+    def phases(self) -> list[PhaseSpec]:
+        assert self.ctx.input is not None
+        self.side_inputs()
+        # Absolute paths: a task may run from another directory (a Slurm array task).
+        lists = {
+            "word_blocklist": [str(Path(f).resolve()) for f in self.params.word_blocklist],
+            "url_blocklist": [str(Path(f).resolve()) for f in self.params.url_blocklist],
+        }
+        files = (*lists["word_blocklist"], *lists["url_blocklist"])
+        return [
+            PhaseSpec(
+                "filter",
+                [TaskSpec(s.name, (str(s.path), *files), lists, s.num_rows) for s in self.ctx.input.shards],
+            )
+        ]
+
+    def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
+        p = self.params
+        checker = HeuristicChecker(
+            p, Blocklists.load(task.args["word_blocklist"], task.args["url_blocklist"])
+        )
+        url_column = p.url_column if p.url_blocklist else None
+
+        def apply_rules(batch: pa.RecordBatch) -> BatchOutcome:
+            urls = batch.column(url_column) if url_column else None
+            short: dict[int, str] = {}
+            if p.c4_lines:
+                index = batch.schema.get_field_index(p.text_column)
+                texts, short = checker.clean_lines(batch.column(index))
+                batch = batch.set_column(index, batch.schema.field(index), texts)
+            reasons, details = checker.check(TextBatch(batch.column(p.text_column), urls), short)
+            drop = np.array([r is not None for r in reasons], dtype=bool)
+            if not drop.any():
+                return BatchOutcome(batch)
+            rows = np.nonzero(drop)[0]
+            dropped = dropped_table(
+                batch.column(ID_COLUMN).take(pa.array(rows)),
+                self.name,
+                [reasons[i] for i in rows],
+                [details[i] for i in rows],
+            )
+            return BatchOutcome(batch.filter(pa.array(~drop)), dropped)
+
+        result = map_shard(Path(task.inputs[0]), tc, apply_rules, writes_dropped=True)
+        result.extra["tripped"] = dict(checker.tripped)
+        if p.c4_lines:
+            result.extra["c4_lines"] = dict(checker.line_counts)
+        return result
+
+    def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
+        dropped: Counter[str] = Counter()
+        tripped: Counter[str] = Counter()
+        lines: Counter[str] = Counter()
+        for r in records:
+            if r.counts is not None:
+                dropped.update(r.counts.dropped)
+            tripped.update(r.extra.get("tripped", {}))
+            lines.update(r.extra.get("c4_lines", {}))
+        rules = list(self.params.active_rules())
+        rules = ["c4_lines", *rules] if self.params.c4_lines else rules
+        return {
+            "rules": rules,
+            "dropped_by_rule": {name: dropped.get(name, 0) for name in rules},
+            # A document can trip several rules; it is dropped under the first.
+            "tripped_by_rule": {name: tripped.get(name, 0) for name in rules},
+            "c4_lines": dict(sorted(lines.items())) if self.params.c4_lines else None,
+        }
+
+
+class HeuristicChecker:
+    """Applies the active rules to batches and counts how often each one trips."""
+
+    def __init__(self, params: HeuristicsParams, blocklists: Blocklists) -> None:
+        self.params = params
+        self.blocklists = blocklists
+        self.rules = [rule(name) for name in params.active_rules()]
+        self.tripped: Counter[str] = Counter({r.name: 0 for r in self.rules})
+        self.line_counts: Counter[str] = Counter(lines_removed=0, documents_changed=0)
+
+    def clean_lines(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, dict[int, str]]:
+        """The texts with C4's offending lines removed, and the documents left with too few sentences
+        (row -> detail), which `check` drops under c4_lines before any rule."""
+        p = self.params
+        cleaned = c4_clean_lines(texts, p.c4_min_line_words)
+        self.line_counts["lines_removed"] += int(cleaned.lines_removed.sum())
+        self.line_counts["documents_changed"] += int(cleaned.changed.sum())
+        short = {
+            int(i): f"{cleaned.sentences[i]} sentences left after removing {cleaned.lines_removed[i]} of "
+            f"{cleaned.lines[i]} lines, < {p.c4_min_sentences}"
+            for i in np.nonzero(cleaned.sentences < p.c4_min_sentences)[0]
+        }
+        self.tripped["c4_lines"] += len(short)
+        return cleaned.text, short
+
+    def check(
+        self, tb: TextBatch, dropped_first: dict[int, str] | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """Per document: the first rule it trips (None if none) and that rule's detail. Rows in
+        `dropped_first` (from `clean_lines`) are dropped under c4_lines whatever the rules say."""
+        reasons: list[str | None] = [None] * tb.n
+        details: list[str | None] = [None] * tb.n
+        undecided = np.ones(tb.n, dtype=bool)
+        for row, detail in (dropped_first or {}).items():
+            reasons[row], details[row] = "c4_lines", detail
+            undecided[row] = False
+        for r in self.rules:
+            outcome = r.measure(tb, self.params, self.blocklists)
+            self.tripped[r.name] += int(outcome.tripped.sum())
+            for row in np.nonzero(outcome.tripped & undecided)[0]:
+                reasons[row] = r.name
+                details[row] = outcome.detail(int(row))
+            undecided &= ~outcome.tripped
+        return reasons, details

@@ -1,0 +1,1 @@
+"""Raw files into a shard set."""

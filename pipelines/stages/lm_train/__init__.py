@@ -1,0 +1,1 @@
+"""Training small LMs from shard sets (KenLM, GPT-2 proxy)."""

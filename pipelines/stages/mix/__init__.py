@@ -1,0 +1,1 @@
+"""Mixture sampling to domain weights."""

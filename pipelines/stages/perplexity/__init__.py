@@ -1,0 +1,1 @@
+"""Perplexity under a small LM, with cc_net buckets."""

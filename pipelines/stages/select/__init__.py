@@ -1,0 +1,1 @@
+"""Instruction selection: MoDS and LESS."""

@@ -1,0 +1,1 @@
+"""Exact global ranks and percentiles over a whole shard set."""

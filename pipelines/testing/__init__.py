@@ -1,0 +1,1 @@
+"""Generated sample data and evaluation helpers for tests, benches and the demo."""

@@ -1,0 +1,1 @@
+"""Text normalisation shared by the stages and the models."""
