@@ -69,6 +69,7 @@ test-slow: install
 # -P keeps the folder of the script off sys.path (the scripts import what they need explicitly).
 bench: install
 	$(BIN)/python -P bench/engine.py
+	$(BIN)/python -P bench/plan.py
 	$(BIN)/python -P bench/dedup.py --docs 100000
 	$(BIN)/python -P bench/quality.py
 	$(BIN)/python -P bench/perplexity.py

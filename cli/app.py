@@ -85,6 +85,8 @@ def list_stages() -> None:
         command = "thresher " + " ".join(cls.command) if cls.command else f"thresher apply {name}"
         table.add_row(name, command, cls.summary, params)
     console.print(table)
+    for problem in registry.plugin_problems():
+        console.print(f"left out: {problem}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _param_values(items: list[str], params_model: type[StageParams]) -> dict[str, Any]:

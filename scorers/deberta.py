@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -35,13 +34,12 @@ from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.device import DeviceName, resolve_device
 from thresher.scorers.torch_runtime import (
     length_batches,
-    linear_schedule,
     load_pretrained,
     load_tokenizer,
     quiet_transformers,
     seed_torch,
-    shuffled_batches,
 )
+from thresher.scorers.training import EpochTrainer
 
 log = logging.getLogger("thresher")
 TRAINING_FILE = "thresher_training.json"
@@ -202,33 +200,33 @@ def finetune_classifier(
         if settings.balance
         else torch.ones_like(labels)
     )
-    steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    trainer = EpochTrainer(
+        model.parameters(),
+        [len(r["input_ids"]) for r in rows],
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        weight_decay=settings.weight_decay,
+        warmup_ratio=settings.warmup_ratio,
     )
-    scheduler = linear_schedule(optimizer, total_steps, settings.warmup_ratio)
-    generator = torch.Generator().manual_seed(settings.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=placement.is_cuda)
+
+    def backward(batch: np.ndarray) -> float:
+        inputs = tokenizer.pad([rows[i] for i in batch], return_tensors="pt")
+        inputs = {k: v.to(placement.device) for k, v in inputs.items()}
+        with autocast:
+            logits = model(**inputs).logits[:, 0].float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, labels[batch].to(placement.device), weight=weights[batch].to(placement.device)
+        )
+        loss.backward()
+        return float(loss.detach()) * len(batch)
+
     losses: list[float] = []
-    for _epoch in range(settings.epochs):
-        epoch_loss = 0.0
-        for batch in shuffled_batches([len(r["input_ids"]) for r in rows], settings.batch_size, generator):
-            inputs = tokenizer.pad([rows[i] for i in batch], return_tensors="pt")
-            inputs = {k: v.to(placement.device) for k, v in inputs.items()}
-            with autocast:
-                logits = model(**inputs).logits[:, 0].float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, labels[batch].to(placement.device), weight=weights[batch].to(placement.device)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            epoch_loss += float(loss.detach()) * len(batch)
-        losses.append(round(epoch_loss / len(rows), 6))
-        log.info("quality train: epoch %d/%d loss %.4f", _epoch + 1, settings.epochs, losses[-1])
+    for epoch in trainer.run(backward):
+        losses.append(round(epoch.loss_sum / len(rows), 6))
+        log.info("quality train: epoch %d/%d loss %.4f", epoch.index + 1, settings.epochs, losses[-1])
     model.eval()
     report: dict[str, Any] = {
         "backbone": str(base),

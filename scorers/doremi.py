@@ -25,7 +25,6 @@ transformers are imported inside the functions. Nothing is pickled: models are w
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,14 @@ from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.checkpoints import CheckpointPlan
 from thresher.scorers.device import DeviceName, Placement, resolve_device
 from thresher.scorers.proxy_lm import EOS, ProxyConfig, WindowSampler, build_model, learning_rate
+from thresher.scorers.training import (
+    adamw_decay_matrices,
+    autocast_for,
+    backward_and_step,
+    deterministic_training,
+    seeded_generator,
+    training_steps,
+)
 
 log = logging.getLogger("thresher")
 
@@ -178,47 +185,6 @@ def per_domain_mean(values: Any, labels: Any, domains: int) -> tuple[Any, Any]:
     return sums / tokens.clamp(min=1), tokens
 
 
-def _optimizer(model: Any, config: ProxyConfig) -> Any:
-    import torch
-
-    # As proxy_lm's trainer: no weight decay on biases and layer norms.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
-        betas=(0.9, 0.95),
-    )
-
-
-def _autocast(placement: Placement) -> Any:
-    import torch
-
-    if placement.is_cuda:
-        return torch.autocast("cuda", dtype=placement.dtype)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _torch_settings(placement: Placement, threads: int | None) -> Any:
-    """Deterministic kernels on CPU (as proxy_lm's trainer) and, when given, the CPU thread count; both put
-    back afterwards. A tiny model's matrices are too small to gain much from more threads, and on a busy
-    machine the threads wait for each other: a tiny step measured 50x slower with two threads than one."""
-    import torch
-
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    threads_before = torch.get_num_threads()
-    if not placement.is_cuda:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(threads_before)
-
-
 def evaluate_domains(model: Any, windows: Sequence[np.ndarray], placement: Placement) -> list[float]:
     """Mean token loss of the model on each domain's fixed windows."""
     import torch
@@ -226,7 +192,7 @@ def evaluate_domains(model: Any, windows: Sequence[np.ndarray], placement: Place
     was_training = model.training
     model.eval()
     out = []
-    with torch.inference_mode(), _autocast(placement):
+    with torch.inference_mode(), autocast_for(placement):
         for rows in windows:
             out.append(float(token_losses(model, torch.from_numpy(rows).to(placement.device)).mean()))
     model.train(was_training)
@@ -271,38 +237,33 @@ def train_reference(
     placement = resolve_device(device)
     check_domains(domains, config.context_length, config.batch_size)
     mixture = np.asarray(mixture, np.float64) / np.sum(mixture)
-    with _torch_settings(placement, threads):
+    with deterministic_training(placement, threads):
         model = build_model(config, tokenizer.get_vocab_size(), tokenizer.token_to_id(EOS), seed)
         model.to(placement.device).train()
-        optimizer = _optimizer(model, config)
+        optimizer = adamw_decay_matrices(
+            model, learning_rate=config.learning_rate, weight_decay=config.weight_decay
+        )
         batches = DomainBatches(domains, config.context_length, seed + 1)
-        draws = torch.Generator().manual_seed(seed + 2)
+        draws = seeded_generator(seed + 2)
         generators = {"draws": draws, **batches.generators()}
         probabilities = torch.from_numpy(mixture)
         resumed = checkpoints.resume(model, optimizer, generators) if checkpoints else None
         first = int(resumed["step"]) if resumed else 0
         if first:
             log.info("doremi reference: resuming from step %d", first)
-            if on_step is not None:
-                on_step(first)
         started = time.perf_counter()
         schedule = _with_steps(config, steps)
-        for step in range(first, steps):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(schedule, step)
+        # Counted in steps, not epochs: each step splits its windows between domains by a draw from the
+        # mixture (a generator the checkpoints carry, for an exact resume), so the body stays here.
+        for step in training_steps(optimizer, first, steps, lambda s: learning_rate(schedule, s), on_step):
             picks = torch.multinomial(probabilities, config.batch_size, replacement=True, generator=draws)
             counts = np.bincount(picks.numpy(), minlength=len(domains))
             rows, _ = batches.batch(counts)
-            with _autocast(placement):
+            with autocast_for(placement):
                 loss = token_losses(model, rows.to(placement.device)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            backward_and_step(optimizer, model.parameters(), loss)
             if checkpoints is not None and checkpoints.due(step + 1, steps):
                 checkpoints.save(step + 1, model, optimizer, generators)
-            if on_step is not None:
-                on_step(1)
             if (step + 1) % max(1, steps // 5) == 0:
                 log.info("doremi reference: step %d/%d  loss %.3f", step + 1, steps, loss.item())
         seconds = time.perf_counter() - started
@@ -393,12 +354,14 @@ def train_doremi_proxy(
     check_domains(domains, config.context_length, config.batch_size)
     k = len(domains)
     weights = np.full(k, 1.0 / k) if initial is None else np.asarray(initial, np.float64) / np.sum(initial)
-    with _torch_settings(placement, threads):
+    with deterministic_training(placement, threads):
         ref_model = load_reference(reference, placement) if isinstance(reference, (str, Path)) else reference
         # Another init than the reference's: the proxy starts from scratch, not from a copy of it.
         model = build_model(config, tokenizer.get_vocab_size(), tokenizer.token_to_id(EOS), seed + 7)
         model.to(placement.device).train()
-        optimizer = _optimizer(model, config)
+        optimizer = adamw_decay_matrices(
+            model, learning_rate=config.learning_rate, weight_decay=config.weight_decay
+        )
         batches = DomainBatches(domains, config.context_length, seed + 3)
         schedule = _with_steps(config, steps)
         trajectory = [weights.copy()]
@@ -416,17 +379,16 @@ def train_doremi_proxy(
             excess_sum = np.array(resumed["excess_sum"], np.float64)
             history = resumed["history"]
             log.info("doremi proxy: resuming from step %d", first)
-            if on_step is not None:
-                on_step(first)
         started = time.perf_counter()
-        for step in range(first, steps):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(schedule, step)
+        # Group DRO (DoReMi's Algorithm 1): before each step the domain weights move with the excess loss
+        # over the reference model, and the loss stepped on is the weighted per-domain loss, so this body
+        # stays here; the step mechanics around it are the shared ones.
+        for step in training_steps(optimizer, first, steps, lambda s: learning_rate(schedule, s), on_step):
             rows, labels = batches.batch(stratified_counts(config.batch_size, k, step))
             rows, labels = rows.to(placement.device), labels.to(placement.device)
-            with torch.inference_mode(), _autocast(placement):
+            with torch.inference_mode(), autocast_for(placement):
                 ref_losses = token_losses(ref_model, rows)
-            with _autocast(placement):
+            with autocast_for(placement):
                 losses = token_losses(model, rows)
             excess_tokens = (losses.detach() - ref_losses).clamp(min=0)
             excess_t, tokens = per_domain_mean(excess_tokens, labels, k)
@@ -438,10 +400,7 @@ def train_doremi_proxy(
             trajectory.append(weights.copy())
             domain_loss, _ = per_domain_mean(losses, labels, k)
             loss = (torch.from_numpy(weights).to(domain_loss) * domain_loss).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            backward_and_step(optimizer, model.parameters(), loss)
             if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
                 history.append(
                     {
@@ -468,8 +427,6 @@ def train_doremi_proxy(
                     excess_sum=excess_sum.tolist(),
                     history=history,
                 )
-            if on_step is not None:
-                on_step(1)
         seconds = time.perf_counter() - started
         windows = eval_windows(domains, config.context_length)
         return DoReMiResult(

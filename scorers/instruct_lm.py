@@ -16,7 +16,6 @@ accumulating gradients computes (LESS's warmup, and the per-example gradients of
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,14 +25,13 @@ import numpy as np
 from thresher.scorers.device import DeviceName, resolve_device
 from thresher.scorers.torch_runtime import (
     length_batches,
-    linear_schedule,
     load_pretrained,
     load_tokenizer,
     pad_batch,
     quiet_transformers,
     seed_torch,
-    shuffled_batches,
 )
+from thresher.scorers.training import EpochTrainer
 
 log = logging.getLogger("thresher")
 IGNORE = -100  # the label transformers' loss skips
@@ -150,24 +148,26 @@ class InstructLM:
         seed_torch(seed)
         model = self.model
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        total = math.ceil(len(usable) / batch_size) * epochs
-        scheduler = linear_schedule(optimizer, total)
-        generator = torch.Generator().manual_seed(seed)
+        trainer = EpochTrainer(
+            model.parameters(),
+            [len(e.ids) for e in usable],
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            weight_decay=weight_decay,
+        )
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.placement.is_cuda)
+
+        def backward(batch: np.ndarray) -> float:
+            loss = self.batch_loss([usable[i] for i in batch], autocast)
+            loss.backward()
+            return float(loss.detach()) * len(batch)
+
         losses = []
-        for epoch in range(epochs):
-            seen = 0.0
-            for batch in shuffled_batches([len(e.ids) for e in usable], batch_size, generator):
-                loss = self.batch_loss([usable[i] for i in batch], autocast)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                seen += float(loss.detach()) * len(batch)
-            losses.append(round(seen / len(usable), 6))
-            log.info("fine-tune: epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
+        for epoch in trainer.run(backward):
+            losses.append(round(epoch.loss_sum / len(usable), 6))
+            log.info("fine-tune: epoch %d/%d loss %.4f", epoch.index + 1, epochs, losses[-1])
         model.eval()
         return losses
 

@@ -36,7 +36,8 @@ import xxhash
 
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.instruct_lm import Encoded, InstructLM
-from thresher.scorers.torch_runtime import linear_schedule, seed_torch, shuffled_batches
+from thresher.scorers.torch_runtime import seed_torch
+from thresher.scorers.training import EpochTrainer
 
 log = logging.getLogger("thresher")
 CHECKPOINT_META = "checkpoints.json"
@@ -255,48 +256,49 @@ def warmup_lora(
     lm.model = model
     params = _lora_params(model)
     trainable = [p for _, p in params]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(usable) / settings.batch_size)
-    scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
-    generator = torch.Generator().manual_seed(settings.seed)
+    trainer = EpochTrainer(
+        trainable,
+        [len(e.ids) for e in usable],
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        max_grad_norm=settings.max_grad_norm,
+    )
+    optimizer = trainer.optimizer
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=lm.placement.is_cuda)
     beta1, beta2 = optimizer.param_groups[0]["betas"]
     eps = optimizer.param_groups[0]["eps"]
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints, epoch_loss = [], []
-    step = 0
     model.train()
-    for epoch in range(settings.epochs):
-        lrs, loss_sum = [], 0.0
-        for batch in shuffled_batches([len(e.ids) for e in usable], settings.batch_size, generator):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += accumulate_step(lm, [usable[i] for i in batch], settings.micro_batch_size, autocast)
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
+
+    def backward(batch: np.ndarray) -> float:
+        return accumulate_step(lm, [usable[i] for i in batch], settings.micro_batch_size, autocast)
+
+    for epoch in trainer.run(backward):
         tensors = {}
         for name, p in params:
             state = optimizer.state[p]
             tensors[f"weight::{name}"] = p.detach().float().cpu().contiguous()
             tensors[f"exp_avg::{name}"] = state["exp_avg"].float().cpu().contiguous()
             tensors[f"exp_avg_sq::{name}"] = state["exp_avg_sq"].float().cpu().contiguous()
-        path = out_dir / f"epoch-{epoch + 1}.safetensors"
-        meta = {"beta1": str(beta1), "beta2": str(beta2), "eps": str(eps), "step": str(step)}
+        number = epoch.index + 1
+        path = out_dir / f"epoch-{number}.safetensors"
+        meta = {"beta1": str(beta1), "beta2": str(beta2), "eps": str(eps), "step": str(epoch.steps)}
         save_file(tensors, str(path), metadata=meta)
-        info = CheckpointInfo(str(path), epoch + 1, float(np.mean(lrs)), step)
-        checkpoints.append(info)
-        epoch_loss.append(round(loss_sum / len(usable), 6))
-        log.info("LESS warmup: epoch %d/%d loss %.4f", epoch + 1, settings.epochs, epoch_loss[-1])
+        checkpoints.append(
+            CheckpointInfo(str(path), number, float(np.mean(epoch.learning_rates)), epoch.steps)
+        )
+        epoch_loss.append(round(epoch.loss_sum / len(usable), 6))
+        log.info("LESS warmup: epoch %d/%d loss %.4f", number, settings.epochs, epoch_loss[-1])
     (out_dir / CHECKPOINT_META).write_text(
         json.dumps([c.__dict__ for c in checkpoints], indent=2) + "\n", encoding="utf-8"
     )
     return WarmupResult(
         checkpoints,
         wrapped_modules(model),
-        steps_per_epoch,
+        trainer.steps_per_epoch,
         math.ceil(min(settings.batch_size, len(usable)) / settings.micro_batch_size),
         epoch_loss,
     )

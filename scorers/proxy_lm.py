@@ -23,6 +23,14 @@ import numpy as np
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from thresher.scorers.device import DeviceName, resolve_device
+from thresher.scorers.training import (
+    adamw_decay_matrices,
+    autocast_for,
+    backward_and_step,
+    deterministic_training,
+    seeded_generator,
+    training_steps,
+)
 
 log = logging.getLogger("thresher")
 
@@ -134,7 +142,6 @@ def unigram_cross_entropy(train: Sequence[np.ndarray], val: Sequence[np.ndarray]
 
 class WindowSampler:
     def __init__(self, streams: Sequence[np.ndarray], length: int, seed: int) -> None:
-        import torch
 
         self.streams = [s for s in streams if len(s) >= length]
         if not self.streams:
@@ -143,7 +150,7 @@ class WindowSampler:
             )
         self.length = length
         self.starts = np.cumsum([len(s) - length + 1 for s in self.streams])
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = seeded_generator(seed)
 
     def batch(self, size: int) -> Any:
         import torch
@@ -308,38 +315,21 @@ def train_proxy_lm(
     is never resumed from. `stop_after` ends the run early after checkpointing that step (what an
     interruption looks like, for tests).
     """
-    import contextlib
-
-    import torch
-
     placement = resolve_device(device)
-    if threads and not placement.is_cuda:
-        torch.set_num_threads(threads)
     tokenizer = load_tokenizer(tokenizer_path)
     vocab_size = tokenizer.get_vocab_size()
     eos_id = tokenizer.token_to_id(EOS)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    if not placement.is_cuda:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    # --threads counts CPU threads for the CPU's matmuls; on a GPU torch's own default stays.
+    with deterministic_training(placement, None if placement.is_cuda else threads):
         model = build_model(config, vocab_size, eos_id, seed).to(placement.device)
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.learning_rate,
-            betas=(0.9, 0.95),
+        optimizer = adamw_decay_matrices(
+            model, learning_rate=config.learning_rate, weight_decay=config.weight_decay
         )
         sampler = WindowSampler(train_streams, config.context_length, seed + 1)
         val_windows = validation_windows(val_streams, config.context_length, config.val_tokens)
 
         def autocast() -> Any:
-            if placement.is_cuda:
-                return torch.autocast("cuda", dtype=placement.dtype)
-            return contextlib.nullcontext()
+            return autocast_for(placement)
 
         state = TrainingState(fingerprint=fingerprint)
         generators = {"sampler": sampler.generator}
@@ -351,17 +341,16 @@ def train_proxy_lm(
         model.train()
         started = time.perf_counter()
         recent: list[float] = []
-        while state.step < config.max_steps:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, state.step)
+        # The step mechanics are the shared ones; evaluation every --eval-every steps, checkpoints that
+        # carry the sampler's generator for an exact resume, and `stop_after` are this trainer's own.
+        for step in training_steps(
+            optimizer, state.step, config.max_steps, lambda s: learning_rate(config, s)
+        ):
             batch = sampler.batch(config.batch_size).to(placement.device)
             with autocast():
                 loss = next_token_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            state.step += 1
+            backward_and_step(optimizer, model.parameters(), loss)
+            state.step = step + 1
             recent.append(loss.item())
             last = state.step == config.max_steps
             if state.step % config.eval_every == 0 or last:
@@ -397,5 +386,3 @@ def train_proxy_lm(
             seconds=round(time.perf_counter() - started, 3),
             history=state.history,
         )
-    finally:
-        torch.use_deterministic_algorithms(deterministic)

@@ -132,32 +132,3 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) ->
         ids[i, span] = torch.tensor(list(row), dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
-
-
-def shuffled_batches(lengths: Sequence[int], batch_size: int, generator: Any) -> list[np.ndarray]:
-    """Training batches: a seeded shuffle, length buckets inside windows of 50 batches, then the batches
-    shuffled. Little padding, and still a different mix of examples in every batch and epoch."""
-    import torch
-
-    order = torch.randperm(len(lengths), generator=generator).numpy()
-    window = batch_size * 50
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        batches += [chunk[b] for b in length_batches([lengths[i] for i in chunk], batch_size)]
-    permutation = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in permutation]
-
-
-def linear_schedule(optimizer: Any, total_steps: int, warmup_ratio: float = 0.03) -> Any:
-    """Linear warmup over the first `warmup_ratio` of the steps, then linear decay to 0."""
-    import torch
-
-    warmup = max(1, int(warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -14,14 +14,8 @@ from factories import parquet_bytes, write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
 from thresher.pipelines.stages.filter.where import WhereSyntaxError, parse_where
-from thresher.pipelines.stats.top_fraction import (
-    keep_count,
-    key_at_rank,
-    rank_keys,
-    score_from_order,
-    score_order,
-    tie_hashes,
-)
+from thresher.pipelines.stats.order import tie_hashes
+from thresher.pipelines.stats.top_fraction import keep_count
 
 TABLE = pa.table(
     {
@@ -88,52 +82,6 @@ def test_where_checks_columns_and_types() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Rank keys and the exact cutoff
-
-
-def test_score_order_sorts_like_the_scores_with_missing_last() -> None:
-    scores = pa.array([1.0, -1.0, 0.0, -0.0, None, float("nan"), 2.5, float("inf"), -float("inf")])
-    best_first = np.argsort(score_order(scores, higher_is_better=True), kind="stable").tolist()
-    assert best_first == [7, 6, 0, 2, 3, 1, 8, 4, 5]
-    lowest_first = np.argsort(score_order(scores, higher_is_better=False), kind="stable").tolist()
-    assert lowest_first == [8, 1, 2, 3, 0, 6, 7, 4, 5]
-    for higher in (True, False):
-        decoded = [
-            score_from_order(int(x), higher) for x in score_order(pa.array([0.25, -3.0, None]), higher)
-        ]
-        assert decoded == [0.25, -3.0, None]
-
-
-def test_key_at_rank_is_exact_against_a_full_sort() -> None:
-    rng = np.random.default_rng(7)
-    for _ in range(20):
-        shards, every = [], []
-        for s in range(int(rng.integers(1, 5))):
-            n = int(rng.integers(0, 300))
-            scores = pa.array(rng.integers(0, 4, n).astype(float))  # many ties
-            keys = rank_keys(
-                scores,
-                pa.array([f"{s}-{i}" for i in range(n)]),
-                s,
-                np.arange(n),
-                higher_is_better=True,
-                seed=1,
-            )
-            shards.append(np.sort(keys))
-            every.append(keys)
-        merged = np.sort(np.concatenate(every))
-        m = int(rng.integers(1, 40))
-        for rank in range(0, len(merged), 7):
-            assert key_at_rank(shards, rank, sample_every=m) == bytes(merged[rank]).ljust(28, b"\0")
-
-
-def test_keep_count_rounds_half_up() -> None:
-    assert [keep_count(0.5, n) for n in (0, 1, 2, 3)] == [0, 1, 1, 2]
-    assert keep_count(1.0, 7) == 7
-    assert keep_count(0.001, 100) == 0
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -160,22 +108,26 @@ def test_top_fraction_keeps_the_exact_best_rows_with_ties_by_id_hash(cli: Cli, t
     assert result.exit_code == 0, result.output
 
     kept = read_rows(out)
-    assert len(kept) == 600  # exact, so within 1% of the fraction
-    # Reference: sort every row by (score desc, seeded id hash), nulls last, and take the first 600.
+    # Null scores have no rank: the fraction is of the scored rows, exactly.
+    scored = table["quality_score"].drop_null()
+    keep = keep_count(0.1, len(scored))
+    assert len(kept) == keep and len(scored) < 6000
+    # Reference: sort every row by (score desc, seeded id hash), nulls last, and take the first `keep`.
     scores = np.nan_to_num(table["quality_score"].to_numpy(zero_copy_only=False), nan=-np.inf)
     ties = tie_hashes(table["id"], seed=5).astype(np.uint64)
     order = np.lexsort((ties, -scores))
-    expected = set(table["id"].take(pa.array(order[:600])).to_pylist())
+    expected = set(table["id"].take(pa.array(order[:keep])).to_pylist())
     assert {r["id"] for r in kept} == expected
     # Kept rows stay in input order, with every input column.
     assert [r["id"] for r in kept] == sorted(r["id"] for r in kept)
     assert set(kept[0]) == set(table.column_names)
 
-    dropped = pq.read_table(out / "_dropped")
-    assert dropped.num_rows == 5400
-    assert set(dropped["reason"].to_pylist()) == {"below_top_fraction"}
+    reasons = pq.read_table(out / "_dropped")["reason"].to_pylist()
+    assert reasons.count("no_score") == 6000 - len(scored)
+    assert reasons.count("below_top_fraction") == len(scored) - keep
     summary = read_manifest(out)["summary"]
-    assert summary["keep_rows"] == 600 and summary["eligible_rows"] == 6000
+    assert summary["keep_rows"] == keep and summary["eligible_rows"] == 6000
+    assert summary["scored_rows"] == len(scored)
     assert summary["cutoff_score"] == min(r["quality_score"] for r in kept)
     assert summary["score_quantiles"]["0.5"] == pytest.approx(
         np.nanmedian(scores[np.isfinite(scores)]), abs=0.02

@@ -25,10 +25,10 @@ from thresher.pipelines.stats.percentile_buckets import (
     assign_buckets,
     assign_group_buckets,
     exact_percentiles,
-    kth_smallest,
-    load_runs,
     save_runs,
 )
+from thresher.pipelines.stats.runs import kth_smallest
+from thresher.pipelines.stats.runs import load_group_runs as load_runs
 from thresher.pipelines.testing.sample_data import generate_web
 from thresher.scorers.kenlm_model import load_sentencepiece, train_sentencepiece
 from thresher.scorers.kenlm_text import document_lines, normalize_line

@@ -35,7 +35,14 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 def test_plugin_stages_are_listed_with_params(installed_plugin: None) -> None:
     out = run_cli("stages").stdout
     assert "word-count" in out and "vocab-fit" in out and "min_words=0" in out
-    assert "exact-dedup" in out
+    assert "exact-dedup" in out and "left out" not in out
+
+
+def test_the_map_stage_example_is_short_and_imports_only_the_public_api() -> None:
+    source = (PLUGIN / "thresher_wordstats.py").read_text()
+    assert len(source.splitlines()) <= 15
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert imports and all(line.startswith("from thresher.api import ") for line in imports)
 
 
 def test_plugin_map_stage_runs_and_reruns_only_changed_shards(installed_plugin: None, tmp_path: Path) -> None:
@@ -70,7 +77,9 @@ def test_plugin_fit_stage_writes_a_recorded_artifact(installed_plugin: None, tmp
     assert len(vocab) == 5 and all(isinstance(v, int) for v in vocab.values())
     manifest = json.loads((out / "_manifest.json").read_text())
     assert [a["path"] for a in manifest["artifacts"]] == ["vocab.json"]
-    assert manifest["outputs"] == [] and manifest["tasks"][0]["extra"]["distinct_words"] > 5
+    assert manifest["outputs"] == [] and manifest["tasks"][0]["extra"]["counters"]["distinct_words"] > 5
+    # The engine sums the tasks' counters into the summary; the stage writes no summarize for it.
+    assert manifest["summary"]["counters"] == manifest["tasks"][0]["extra"]["counters"]
 
 
 def test_unknown_plugin_param_is_a_usage_error(installed_plugin: None, tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from tiny_models import build_tiny_gpt2
 from thresher.pipelines.engine.recipe import load_recipe
 from thresher.pipelines.engine.shards import ShardSet
 from thresher.pipelines.engine.stage import StageContext
+from thresher.pipelines.stages.select.instruction import InstructionParams
 from thresher.pipelines.stages.select.less import LESSParams, LESSSelect
-from thresher.pipelines.stages.select.mods import InstructionParams
 from thresher.pipelines.testing.sample_data import generate_instructions
 from thresher.scorers import lora_grads
 from thresher.scorers.lora_grads import (

@@ -373,7 +373,9 @@ def test_mods_second_kcenter_pass_keeps_diverse_necessary_rows(
 
 def test_mods_defaults_are_the_papers_or_say_why() -> None:
     """The effective configuration of a default `select mods` run, next to MoDS's (paper and scripts)."""
-    from thresher.pipelines.stages.select.mods import KCenterParams, MoDSParams, NecessityParams
+    from thresher.pipelines.stages.select.coverage import KCenterParams
+    from thresher.pipelines.stages.select.mods import MoDSParams
+    from thresher.pipelines.stages.select.necessity import NecessityParams
 
     required = {"reward_model": "r", "encoder": "e", "model": "m"}
     p = MoDSParams(**required)

@@ -25,11 +25,18 @@ from thresher.pipelines.engine.manifest import (
     TaskRecord,
     library_versions,
 )
-from thresher.pipelines.engine.plan import Plan
+from thresher.pipelines.engine.plan import InputDigests, Plan, build_plan, run_identity
 from thresher.pipelines.engine.progress import Reporter, SilentReporter
 from thresher.pipelines.engine.registry import get_stage
 from thresher.pipelines.engine.shards import DROPPED_DIR, STATE_DIR, ShardSet
-from thresher.pipelines.engine.stage import Stage, StageContext, StageParams, TaskContext
+from thresher.pipelines.engine.stage import (
+    COUNTERS_KEY,
+    Stage,
+    StageContext,
+    StageParams,
+    TaskContext,
+    sum_counters,
+)
 
 
 def default_workers() -> int:
@@ -62,31 +69,6 @@ def _check_output(output: Path, stage: str, input_path: Path) -> None:
         )
 
 
-def _input_files(stage: Stage) -> list[FileRecord]:
-    if stage.ctx.input is not None:
-        shard_set = stage.ctx.input
-        return [
-            FileRecord(path=str(s.path.resolve()), size=s.size, digest=shard_set.digest(s), rows=s.num_rows)
-            for s in shard_set.shards
-        ]
-    return [
-        FileRecord(
-            path=str(p.resolve()),
-            size=p.stat().st_size,
-            digest=path_digest(p),
-        )
-        for p in stage.raw_inputs()
-    ]
-
-
-def path_digest(path: Path) -> str:
-    """Digest of a file, or of a folder's files and their relative names (a saved dataset, a model)."""
-    if path.is_file():
-        return file_digest(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    return value_digest([(str(p.relative_to(path)), file_digest(p)) for p in files])
-
-
 def plan_stage(
     stage_name: str, params: StageParams | dict[str, Any], input_path: Path, output: Path, seed: int = 0
 ) -> tuple[Plan, bool]:
@@ -103,35 +85,14 @@ def plan_stage(
             input_path, probe.required_columns(), probe.string_columns(), params.column_flags()
         )
     stage = cls(params, StageContext(input_path, output, seed, shard_set))
-    files = _input_files(stage)
-    params_json = params.model_dump(mode="json")
-    # Side inputs (a model, a blocklist) shape every task's output, so they join what every task's
-    # fingerprint builds on: replacing the model reruns all tasks.
-    side = [path_digest(p) for p in stage.side_inputs()]
-    params_fingerprint = value_digest(
-        {"stage": cls.name, "version": cls.version, "params": params_json, "seed": seed, "side_inputs": side}
-    )
-    fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files]})
+    identity = run_identity(stage)
     if (output / MANIFEST_NAME).exists():
-        if Manifest.read(output).fingerprint == fingerprint:
+        if Manifest.read(output).fingerprint == identity.fingerprint:
             return Plan.read(output), True
         # New params or inputs: the old manifest no longer describes what will be here.
         (output / MANIFEST_NAME).unlink()
-    manifest = shard_set.manifest if shard_set is not None else None
-    plan = Plan(
-        stage=cls.name,
-        stage_version=cls.version,
-        params=params_json,
-        seed=seed,
-        input_path=str(input_path.resolve()),
-        input_stage=manifest.stage if manifest else None,
-        input_manifest_digest=file_digest(input_path / MANIFEST_NAME) if manifest else None,
-        input_files=files,
-        fingerprint=fingerprint,
-        params_fingerprint=params_fingerprint,
-        phases=stage.phases(),
-        output=output,
-    )
+    plan = build_plan(stage, identity)
+    stage.check_phases(plan.phases)  # a phase with no method bound to it fails here, before any task
     output.mkdir(parents=True, exist_ok=True)
     plan.write()
     return plan, False
@@ -141,22 +102,11 @@ def plan_stage(
 # One task: the unit a pool worker or a Slurm array task runs
 
 
-def _digest_index(plan: Plan, phase_index: int) -> dict[str, str]:
-    index = {f.path: f.digest for f in plan.input_files}
-    for p in range(phase_index):
-        for t in range(len(plan.phases[p].tasks)):
-            record = plan.read_record(p, t)
-            if record is None:
-                raise ThresherError(
-                    f"{plan.output}: phase '{plan.phases[p].name}' task {t} has not finished; "
-                    "run earlier phases first"
-                )
-            for f in record.outputs:
-                index[str((plan.output / f.path).resolve())] = f.digest
-    return index
+def _digest_index(plan: Plan, phase_index: int) -> InputDigests:
+    return InputDigests(plan, phase_index)
 
 
-def task_fingerprint(plan: Plan, phase_index: int, task_index: int, digests: dict[str, str]) -> str:
+def task_fingerprint(plan: Plan, phase_index: int, task_index: int, digests: InputDigests) -> str:
     task = plan.phases[phase_index].tasks[task_index]
     inputs = []
     for path in task.inputs:
@@ -183,25 +133,47 @@ def is_task_done(plan: Plan, phase_index: int, task_index: int, fingerprint: str
     )
 
 
+# The stage this process last set up, by (output, plan fingerprint): its `setup()` (models) runs once per
+# process, in a pool worker, a Slurm array task or the main process alike. One entry, so a chain of
+# stages in one process holds one stage's models at a time.
+_set_up: tuple[tuple[str, str], Stage[Any]] | None = None
+
+
+def _stage_for_task(plan: Plan) -> Stage[Any]:
+    global _set_up
+    cls = get_stage(plan.stage)
+    if cls.setup is Stage.setup:
+        # Nothing to load: a fresh instance per task, so no state leaks from one task to the next.
+        return plan.build_stage()
+    key = (str(plan.output), plan.fingerprint)
+    if _set_up is None or _set_up[0] != key:
+        _set_up = None  # let the previous stage's models go before loading these
+        stage = plan.build_stage()
+        stage.setup()
+        _set_up = (key, stage)
+    return _set_up[1]
+
+
 def execute_task(
     output: Path, phase_index: int, task_index: int, progress: Any = None, force: bool = False
 ) -> TaskRecord:
     """Run one task of a planned stage and write its record; skip it if its record is current."""
-    plan = Plan.read(Path(output))
+    plan = Plan.load(Path(output))
     digests = _digest_index(plan, phase_index)
     fingerprint = task_fingerprint(plan, phase_index, task_index, digests)
     if not force and is_task_done(plan, phase_index, task_index, fingerprint):
         record = plan.read_record(phase_index, task_index)
         assert record is not None
         return record
-    stage = plan.build_stage()
     phase = plan.phases[phase_index]
     task = phase.tasks[task_index]
-    tc = TaskContext(stage, progress)
     failure = plan.failure_path(phase_index, task_index)
     failure.unlink(missing_ok=True)
-    start = time.perf_counter()
+    plan.forget_index(phase_index)  # its outputs are about to change
     try:
+        stage = _stage_for_task(plan)  # a failing setup() fails this task, with its marker
+        tc = TaskContext(stage, progress)
+        start = time.perf_counter()
         result = stage.run_task(phase.name, task, tc)
     except Exception as exc:
         # A marker, so `thresher status` can tell a failed task from one that has not run, on any executor.
@@ -230,7 +202,7 @@ def execute_task(
         outputs=tc.outputs,
         counts=result.counts,
         seconds=round(seconds, 4),
-        extra=result.extra,
+        extra=tc.record_extra(result.extra),
     )
     atomic.write_json(plan.record_path(phase_index, task_index), record.model_dump(mode="json"))
     return record
@@ -358,6 +330,10 @@ def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
             if r.phase == last_phase:
                 totals.add(r.counts)  # type: ignore[arg-type]
         totals.dropped = dict(sorted(totals.dropped.items()))
+    stage.counters, stage.totals = sum_counters(records), totals
+    summary = stage.summarize(records)
+    if stage.counters:
+        summary.setdefault(COUNTERS_KEY, stage.counters)
     lineage = InputLineage(
         path=plan.input_path,
         stage=plan.input_stage,
@@ -381,7 +357,7 @@ def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
             if not f.path.endswith(".parquet") and not f.path.startswith(STATE_DIR)
         ],
         seconds=round(sum(r.seconds for r in records), 4),
-        summary=stage.summarize(records),
+        summary=summary,
         versions=library_versions(),
     )
     manifest.write(plan.output)

@@ -31,10 +31,82 @@ class Shard:
     num_rows: int
     size: int
     schema: pa.Schema | None = field(default=None, repr=False, compare=False)
+    # Rows of each row group, from the footer; empty when not known (a shard rebuilt from a plan).
+    row_groups: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+
+@dataclass(frozen=True)
+class ShardPart:
+    """Consecutive row groups of one shard, read by one task: row groups [first_group, end_group), whose
+    first row is row `first_row` of the shard. A whole shard is one part with end_group None."""
+
+    first_group: int
+    end_group: int | None  # None: to the end of the shard
+    first_row: int
+    rows: int
+
+    @property
+    def whole(self) -> bool:
+        return self.first_group == 0 and self.end_group is None
+
+    def name(self, shard_name: str) -> str:
+        """The name of this part's work files (and its task key): the shard's own name for a whole shard,
+        so an unsplit shard's work files are named as they always were."""
+        if self.whole:
+            return shard_name
+        stem, dot, ext = shard_name.rpartition(".")
+        return f"{stem or ext}.rg{self.first_group:05d}{dot}{ext if stem else ''}"
+
+    def args(self) -> dict[str, int]:
+        """Task args that say which part a task reads; none for a whole shard (so its plan is unchanged)."""
+        if self.whole:
+            return {}
+        return {
+            "first_group": self.first_group,
+            "end_group": self.end_group or 0,
+            "first_row": self.first_row,
+        }
+
+    @classmethod
+    def from_args(cls, args: dict[str, int], rows: int | None = None) -> ShardPart:
+        if "first_group" not in args:
+            return cls(0, None, 0, rows or 0)
+        return cls(args["first_group"], args["end_group"], args["first_row"], rows or 0)
+
+
+# Splitting shards into row-group parts: a shard-wise phase aims for at least this many tasks, so a set
+# of a few big shards still keeps every core (or array slot) busy, but a part never holds fewer than
+# MIN_PART_ROWS rows, past which per-task overhead and extra work files cost more than they save. Both
+# depend on the input alone, never on the worker count, so the plan (and every fingerprint) is the same
+# on a laptop and on a cluster.
+TARGET_TASKS = 128
+MIN_PART_ROWS = 16_384
+
+
+def shard_parts(shards: Sequence[Shard]) -> list[list[ShardPart]]:
+    """For each shard, the parts a shard-wise phase splits it into: one whole part unless the shard
+    holds more row groups than one task should read."""
+    total = sum(s.num_rows for s in shards)
+    part_rows = max(MIN_PART_ROWS, -(-total // TARGET_TASKS))
+    parts: list[list[ShardPart]] = []
+    for shard in shards:
+        if shard.num_rows <= part_rows or len(shard.row_groups) < 2:
+            parts.append([ShardPart(0, None, 0, shard.num_rows)])
+            continue
+        mine: list[ShardPart] = []
+        start = row = rows = 0
+        for g, n in enumerate(shard.row_groups):
+            if rows and rows + n > part_rows:
+                mine.append(ShardPart(start, g, row, rows))
+                start, row, rows = g, row + rows, 0
+            rows += n
+        mine.append(ShardPart(start, len(shard.row_groups), row, rows))
+        parts.append(mine if len(mine) > 1 else [ShardPart(0, None, 0, shard.num_rows)])
+    return parts
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
@@ -125,7 +197,8 @@ class ShardSet:
                     raise ThresherError(
                         f"{path}: column '{column}' has type {kind}, expected a string column"
                     )
-            shards.append(Shard(path, pf.metadata.num_rows, path.stat().st_size, schema))
+            groups = tuple(pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups))
+            shards.append(Shard(path, pf.metadata.num_rows, path.stat().st_size, schema, groups))
         return cls(root, shards, manifest)
 
     @property
@@ -146,13 +219,23 @@ def read_schema(path: Path) -> pa.Schema:
 
 
 def iter_batches(
-    path: Path, columns: Sequence[str] | None = None, batch_rows: int = DEFAULT_BATCH_ROWS
+    path: Path,
+    columns: Sequence[str] | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    part: ShardPart | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream a shard in record batches; a corrupt page surfaces as a one-line error naming the file."""
+    """Stream a shard (or one part of it) in record batches; a corrupt page surfaces as a one-line error
+    naming the file."""
     pf = _open_parquet(path)
+    groups = None
+    if part is not None and not part.whole:
+        groups = list(range(part.first_group, part.end_group or pf.metadata.num_row_groups))
     rows_read = 0
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
+        batches = pf.iter_batches(
+            batch_size=batch_rows, row_groups=groups, columns=list(columns) if columns else None
+        )
+        for batch in batches:
             rows_read += batch.num_rows
             yield batch
     except (pa.ArrowException, OSError) as exc:

@@ -1,19 +1,18 @@
 """Percentile buckets over a whole shard set (cc_net's head/middle/tail), exact and deterministic, for
 the whole set or per group (cc_net cuts each language at its own percentiles).
 
-Each score task saves its shard's finite scores sorted within each group (a "run" per group, one float64
-per document, the runs one after another in one file, their groups and lengths beside it). The cutoff
-task finds exact percentiles over the union of a group's runs without loading them: runs are
-memory-mapped and the k-th smallest value is found by binary search over the float64 bit patterns,
-counting with `searchsorted` in every run. Memory stays O(shards x groups), the answer is exactly
-`numpy.percentile` (linear method) of the group's scores, and it does not depend on task order, unlike a
-randomised sketch such as KLL.
+Each score task saves its shard's scores sorted within each group (`save_runs`: a run per group, one
+float64 per document, in one file with its index beside it). The cutoff task finds exact percentiles over
+the union of a group's runs without loading them (`runs.kth_smallest` over memory-mapped runs). Memory
+stays O(shards x groups), the answer is `numpy.percentile` (linear method) of the group's scores, and it
+does not depend on task order, unlike a randomised sketch such as KLL. Missing scores follow the rule of
+`thresher.pipelines.stats`: they are left out of the percentiles and get a null bucket; +-inf are scores
+like any other (the first or last bucket).
 """
 
 from __future__ import annotations
 
-import json
-import struct
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,11 +20,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from thresher.pipelines.engine.atomic import atomic_open, write_json
+from thresher.pipelines.engine.atomic import write_json
 from thresher.pipelines.engine.errors import ThresherError
-
-_SIGN = 1 << 63
-_MASK = (1 << 64) - 1
+from thresher.pipelines.stats.order import is_missing
+from thresher.pipelines.stats.runs import kth_smallest, save_group_runs
 
 
 class BucketCutoffs(BaseModel):
@@ -74,72 +72,20 @@ class BucketCutoffs(BaseModel):
         return cutoffs
 
 
-def runs_index(path: Path) -> Path:
-    """The file beside a runs file that names each run's group and length."""
-    return path.with_suffix(".groups.json")
-
-
 def save_runs(path: Path, scores: np.ndarray, groups: Sequence[str | None] | None = None) -> None:
-    """Save one shard's finite scores for `exact_percentiles`: sorted, or with `groups` (a value per
-    score) sorted within each group, the groups in sorted order. A score whose group is None has no
-    bucket, so it is left out. Writes `path` (the runs, one after another) and `runs_index(path)`."""
-    scores = np.asarray(scores, dtype=np.float64)
-    finite = np.isfinite(scores)
-    if groups is None:
-        values, index = np.sort(scores[finite]), [[None, int(finite.sum())]]
-    else:
-        labels = np.asarray(groups, dtype=object)
-        keep = finite & np.array([g is not None for g in labels], dtype=bool)
-        names, codes = np.unique(labels[keep].astype(str), return_inverse=True)
-        kept = scores[keep]
-        values = kept[np.lexsort((kept, codes))]
-        counts = np.bincount(codes, minlength=len(names))
-        index = [[str(n), int(c)] for n, c in zip(names, counts, strict=True)]
-    with atomic_open(path, "wb") as f:
-        np.save(f, values, allow_pickle=False)
-    write_json(runs_index(path), index)
-
-
-def load_runs(path: Path) -> dict[str | None, np.ndarray]:
-    """Group -> its sorted run (memory-mapped); the key None holds the one run of an ungrouped shard."""
-    values = np.load(path, mmap_mode="r", allow_pickle=False)
-    runs: dict[str | None, np.ndarray] = {}
-    start = 0
-    for name, count in json.loads(runs_index(path).read_text(encoding="utf-8")):
-        runs[name] = values[start : start + count]
-        start += count
-    return runs
-
-
-def _key(value: float) -> int:
-    """Map a float64 to an unsigned integer with the same order (negative floats reversed below 0)."""
-    bits = struct.unpack("<Q", struct.pack("<d", value))[0]
-    return (~bits & _MASK) if bits & _SIGN else bits | _SIGN
-
-
-def _value(key: int) -> float:
-    bits = key & ~_SIGN if key & _SIGN else ~key & _MASK
-    return float(struct.unpack("<d", struct.pack("<Q", bits))[0])
-
-
-def kth_smallest(runs: Sequence[np.ndarray], k: int) -> float:
-    """The k-th smallest (0-based) value of the union of sorted runs."""
-    present = [r for r in runs if len(r)]
-    lo = min(_key(float(r[0])) for r in present)
-    hi = max(_key(float(r[-1])) for r in present)
-    # Smallest key whose value has more than k scores at or below it: that value is the k-th score.
-    while lo < hi:
-        mid = (lo + hi) // 2
-        value = _value(mid)
-        if sum(int(np.searchsorted(r, value, side="right")) for r in present) > k:
-            hi = mid
-        else:
-            lo = mid + 1
-    return _value(lo)
+    """Save one shard's scores for `exact_percentiles`: sorted, or with `groups` (a value per score)
+    sorted within each group. Missing scores are left out (they have no percentile), as is a score whose
+    group is None (it has no bucket). Writes `path` and `runs.runs_index(path)`."""
+    values = np.asarray(scores, dtype=np.float64)
+    scored = ~is_missing(values)
+    kept = None if groups is None else [g for g, s in zip(groups, scored, strict=True) if s]
+    # + 0.0: -0.0 and 0.0 are one score, as in rank keys.
+    save_group_runs(path, values[scored] + 0.0, kept)
 
 
 def exact_percentiles(runs: Sequence[np.ndarray], percentiles: Sequence[float]) -> list[float]:
-    """`numpy.percentile(all_scores, percentiles)` (linear interpolation) over the union of the runs."""
+    """`numpy.percentile(all_scores, percentiles)` (linear interpolation) over the union of sorted runs
+    of scores (as `save_runs` writes them)."""
     n = sum(len(r) for r in runs)
     if n == 0:
         raise ThresherError("no document has a score, so there are no percentiles to cut at")
@@ -148,20 +94,31 @@ def exact_percentiles(runs: Sequence[np.ndarray], percentiles: Sequence[float]) 
         h = (n - 1) * (p / 100.0)
         below = int(np.floor(h))
         t = h - below
-        a = kth_smallest(runs, below)
+        a = float(kth_smallest(runs, below))
         if t == 0:
             out.append(a)
             continue
-        b = kth_smallest(runs, below + 1)
-        # numpy's lerp, including its switch at t >= 0.5, so the result matches it to the last bit.
-        out.append(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
+        out.append(_lerp(a, float(kth_smallest(runs, below + 1)), t))
     return out
 
 
+def _lerp(a: float, b: float, t: float) -> float:
+    if a == b:
+        return a
+    if math.isinf(a) or math.isinf(b):
+        # numpy gives NaN here (inf - inf); the limit is the infinite end, and between -inf and +inf
+        # the nearer one.
+        if math.isinf(a) and math.isinf(b):
+            return b if t >= 0.5 else a
+        return a if math.isinf(a) else b
+    # numpy's lerp, including its switch at t >= 0.5, so the result matches it to the last bit.
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
 def assign_buckets(scores: np.ndarray, cutoffs: Sequence[float], names: Sequence[str]) -> pa.Array:
-    """Bucket name per score (`score < cutoffs[0]` is the first bucket); null where the score is NaN."""
+    """Bucket name per score (`score < cutoffs[0]` is the first bucket); null where the score is missing."""
     index = np.searchsorted(np.asarray(cutoffs, np.float64), scores, side="right")
-    missing = np.isnan(scores)
+    missing = is_missing(scores)
     labels = np.asarray(names, dtype=object)[np.minimum(index, len(names) - 1)]
     return pa.array(labels, pa.string(), mask=missing)
 
@@ -172,7 +129,7 @@ def assign_group_buckets(
     cutoffs: dict[str, list[float]],
     names: Sequence[str],
 ) -> pa.Array:
-    """Bucket name per score, cut at its own group's cutoffs; null where the score is NaN, the group is
+    """Bucket name per score, cut at its own group's cutoffs; null where the score is missing, the group is
     None, or the group has no cutoffs (cc_net's "all" bucket: a language it has no cutoffs for)."""
     labels = np.full(len(scores), None, dtype=object)
     groups = np.asarray(groups, dtype=object)

@@ -1,7 +1,9 @@
 """Exact dedup: drop rows whose normalised text repeats an earlier row anywhere in the shard set.
 
-Three phases: `hash` (per shard) writes text hashes split into buckets; `decide` (per bucket) marks every
-repeat of an earlier (shard, row); `filter` (per shard) drops the marked rows, naming the id they repeat.
+Three phases: `hash` (per shard, or per row-group part of a big shard) writes text hashes split into
+buckets; `decide` (per bucket) marks every repeat of an earlier (shard, row); `filter` (per shard) drops
+the marked rows, naming the id they repeat. Tasks of `decide` and `filter` list the index of the phase
+before them, not its files, so the plan grows with shards + buckets, not shards x buckets.
 "Earlier" is shard order by file name, then row order, so the kept row does not depend on scheduling.
 Empty texts are never treated as duplicates of each other. `--also-columns` compares several columns as one
 key (instruction + input for instruction data): rows repeat only when every column does.
@@ -28,7 +30,15 @@ from thresher.pipelines.engine.hash_buckets import (
 )
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
-from thresher.pipelines.engine.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
+from thresher.pipelines.engine.plan import phase_index_path, phase_outputs
+from thresher.pipelines.engine.shards import (
+    ID_COLUMN,
+    ShardPart,
+    ShardWriter,
+    dropped_table,
+    iter_batches,
+    shard_parts,
+)
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.text.normalize import normalise, separator
 
@@ -86,8 +96,8 @@ class ExactDedup(Stage):
         assert self.ctx.input is not None
         return self.params.buckets or buckets_for(self.ctx.input.num_rows)
 
-    def _hash_file(self, shard_name: str) -> Path:
-        return self.ctx.work / "hashes" / shard_name
+    def _hash_file(self, shard_name: str, part: ShardPart) -> Path:
+        return self.ctx.work / "hashes" / part.name(shard_name)
 
     def _decision_file(self, bucket: int) -> Path:
         return self.ctx.work / "decisions" / f"bucket-{bucket:05d}.parquet"
@@ -96,18 +106,22 @@ class ExactDedup(Stage):
         assert self.ctx.input is not None
         shards = self.ctx.input.shards
         n = self._n_buckets()
-        hash_files = tuple(str(self._hash_file(s.name)) for s in shards)
-        decision_files = tuple(str(self._decision_file(b)) for b in range(n))
+        hashes = str(phase_index_path(self.ctx.output, "hash"))
+        decisions = str(phase_index_path(self.ctx.output, "decide"))
         return [
             PhaseSpec(
                 "hash",
-                [TaskSpec(s.name, (str(s.path),), {"shard": i}, s.num_rows) for i, s in enumerate(shards)],
+                [
+                    TaskSpec(part.name(s.name), (str(s.path),), {"shard": i, **part.args()}, part.rows)
+                    for i, (s, parts) in enumerate(zip(shards, shard_parts(shards), strict=True))
+                    for part in parts
+                ],
             ),
-            PhaseSpec("decide", [TaskSpec(f"bucket-{b:05d}", hash_files, {"bucket": b}) for b in range(n)]),
+            PhaseSpec("decide", [TaskSpec(f"bucket-{b:05d}", (hashes,), {"bucket": b}) for b in range(n)]),
             PhaseSpec(
                 "filter",
                 [
-                    TaskSpec(s.name, (str(s.path), *decision_files), {"shard": i}, s.num_rows)
+                    TaskSpec(s.name, (str(s.path), decisions), {"shard": i}, s.num_rows)
                     for i, s in enumerate(shards)
                 ],
             ),
@@ -118,13 +132,17 @@ class ExactDedup(Stage):
             return self._hash(task, tc)
         if phase == "decide":
             return self._decide(task, tc)
-        return self._filter(task, tc)
+        if phase == "filter":
+            return self._filter(task, tc)
+        raise RuntimeError(f"stage {self.name} has no phase '{phase}'")
 
     def _hash(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         shard = task.args["shard"]
-        writer = HashBucketWriter(self._hash_file(task.key), self._n_buckets())
-        offset = 0
-        for batch in iter_batches(task.inputs[0], self.required_columns()):
+        part = ShardPart.from_args(task.args, task.rows)
+        shard_path = Path(task.inputs[0])
+        writer = HashBucketWriter(self._hash_file(shard_path.name, part), self._n_buckets())
+        offset = part.first_row
+        for batch in iter_batches(shard_path, self.required_columns(), part=part):
             text = self._key(batch)
             rows = np.nonzero(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))[0]
             taken = pa.array(rows, pa.int64())
@@ -135,7 +153,7 @@ class ExactDedup(Stage):
         return TaskResult()
 
     def _decide(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        table = read_bucket([Path(p) for p in task.inputs], task.args["bucket"])
+        table = read_bucket(phase_outputs(self.ctx.output, "hash"), task.args["bucket"])
         repeat, first = repeat_runs(table)
         dups = np.nonzero(repeat)[0]
         ids = table["id"]
@@ -157,7 +175,8 @@ class ExactDedup(Stage):
 
     def _filter(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         shard = task.args["shard"]
-        parts = [pq.read_table(p, filters=[("shard", "=", shard)]) for p in task.inputs[1:]]
+        files = [self._decision_file(b) for b in range(self._n_buckets())]
+        parts = [pq.read_table(p, filters=[("shard", "=", shard)]) for p in files]
         decided = pa.concat_tables(parts).sort_by("row") if parts else DECISION_SCHEMA.empty_table()
         dup_rows = decided["row"].to_numpy()
         dup_of = decided["dup_of"]

@@ -1,8 +1,9 @@
 """MinHash LSH near-dedup that scales past memory.
 
 Phases:
-1. `signatures` (per shard): MinHash each document; write its band keys, sorted by key within each band,
-   and its signature (for --verify) to work files.
+1. `signatures` (per shard, or per row-group part of a big shard, so a few big shards still use every
+   core): MinHash each document; write its band keys, sorted by key within each band, and its signature
+   (for --verify) to work files.
 2. `buckets` (per band): k-way merge of that band's sorted runs from all shards; documents sharing a key
    become candidate pairs. Nothing holds a whole band in memory.
 3. `clusters` (one task): connected components over candidate pairs only, so memory follows the number
@@ -10,6 +11,7 @@ Phases:
    Jaccard to the keeper is below the threshold (LSH false positives).
 4. `filter` (per shard): drop clustered non-keepers (naming their keeper) and add `minhash_cluster`.
 Documents are ordered by (shard file name, row), which makes every choice independent of scheduling.
+Phases 2-4 list the index of the phases they read, not their files: the plan stays O(shards + bands).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from pydantic import Field, model_validator
 
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
-from thresher.pipelines.engine.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
+from thresher.pipelines.engine.plan import phase_index_path, phase_outputs
+from thresher.pipelines.engine.shards import (
+    ID_COLUMN,
+    ShardPart,
+    ShardWriter,
+    dropped_table,
+    iter_batches,
+    shard_parts,
+)
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.dedup import signatures as minhash
 from thresher.pipelines.stages.dedup.lsh_merge import (
@@ -114,21 +124,28 @@ class MinHashDedup(Stage):
         assert self.ctx.input is not None
         shards = self.ctx.input.shards
         bands, rows = self.lsh_shape()
-        band_files = tuple(str(self._work("bands", s.name)) for s in shards)
-        meta_files = tuple(str(self._work("meta", s.name)) for s in shards)
-        pair_files = tuple(str(self._work("pairs", f"band-{b:04d}.parquet")) for b in range(bands))
-        clusters = str(self.ctx.work / "clusters.parquet")
+        signatures, buckets, clusters = (
+            str(phase_index_path(self.ctx.output, name)) for name in ("signatures", "buckets", "clusters")
+        )
         shape = {"bands": bands, "rows": rows}
         return [
             PhaseSpec(
                 "signatures",
                 [
-                    TaskSpec(s.name, (str(s.path),), {"shard": i, **shape}, s.num_rows)
-                    for i, s in enumerate(shards)
+                    TaskSpec(
+                        part.name(s.name),
+                        (str(s.path),),
+                        {"shard": i, **shape, **part.args()},
+                        part.rows,
+                    )
+                    for i, (s, parts) in enumerate(zip(shards, shard_parts(shards), strict=True))
+                    for part in parts
                 ],
             ),
-            PhaseSpec("buckets", [TaskSpec(f"band-{b:04d}", band_files, {"band": b}) for b in range(bands)]),
-            PhaseSpec("clusters", [TaskSpec("clusters", (*pair_files, *meta_files), shape)]),
+            PhaseSpec(
+                "buckets", [TaskSpec(f"band-{b:04d}", (signatures,), {"band": b}) for b in range(bands)]
+            ),
+            PhaseSpec("clusters", [TaskSpec("clusters", (buckets, signatures), shape)]),
             PhaseSpec(
                 "filter",
                 [
@@ -138,26 +155,36 @@ class MinHashDedup(Stage):
             ),
         ]
 
+    def _signature_files(self, kind: str) -> list[Path]:
+        """The `kind` ("bands" or "meta") work files every signatures task wrote, in shard order."""
+        return [p for p in phase_outputs(self.ctx.output, "signatures") if p.parent.name == kind]
+
     def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        return getattr(self, "_" + phase)(task, tc)
+        if phase not in ("signatures", "buckets", "clusters", "filter"):
+            raise RuntimeError(f"stage {self.name} has no phase '{phase}'")
+        result: TaskResult = getattr(self, "_" + phase)(task, tc)
+        return result
 
     # -- phase 1 -------------------------------------------------------------------------------------------
     def _signatures(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
         shard, bands, rows = task.args["shard"], task.args["bands"], task.args["rows"]
+        part = ShardPart.from_args(task.args, task.rows)
+        shard_path = Path(task.inputs[0])
+        name = part.name(shard_path.name)
         meta_schema = pa.schema(
             [
-                ("row", pa.int64()),
+                ("doc", pa.int64()),
                 ("id", pa.string()),
                 ("length", pa.int64()),
                 ("signature", pa.binary(4 * p.num_perm)),
             ]
         )
-        meta = ShardWriter(self._work("meta", task.key), meta_schema)
+        meta = ShardWriter(self._work("meta", name), meta_schema)
         keys_parts, docs_parts = [], []
-        offset = empty = 0
+        offset, empty = part.first_row, 0
         try:
-            for batch in iter_batches(Path(task.inputs[0]), [ID_COLUMN, p.text_column]):
+            for batch in iter_batches(shard_path, [ID_COLUMN, p.text_column], part=part):
                 text = batch.column(p.text_column)
                 sig = minhash.signatures(text, self._shingling, p.num_perm, self.ctx.seed)
                 has_shingles = sig[:, 0] != minhash.MAX_HASH
@@ -171,7 +198,7 @@ class MinHashDedup(Stage):
                 meta.write(
                     pa.table(
                         {
-                            "row": rows_here + offset,
+                            "doc": docs,
                             "id": batch.column(ID_COLUMN).take(pa.array(rows_here)),
                             "length": lengths[rows_here].astype(np.int64),
                             "signature": pa.array(
@@ -189,7 +216,7 @@ class MinHashDedup(Stage):
             raise
         keys = np.concatenate(keys_parts) if keys_parts else np.zeros((0, bands), np.uint64)
         docs = np.concatenate(docs_parts) if docs_parts else np.zeros(0, np.int64)
-        with ShardWriter(self._work("bands", task.key), BAND_SCHEMA) as writer:
+        with ShardWriter(self._work("bands", name), BAND_SCHEMA) as writer:
             for band in range(bands):
                 order = np.lexsort((docs, keys[:, band]))
                 writer.write(
@@ -203,12 +230,12 @@ class MinHashDedup(Stage):
                     )
                 )
             tc.record(writer.close())
-        return TaskResult(extra={"documents": offset, "without_shingles": empty})
+        return TaskResult(extra={"documents": offset - part.first_row, "without_shingles": empty})
 
     # -- phase 2 -------------------------------------------------------------------------------------------
     def _buckets(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         band = task.args["band"]
-        runs = [band_runs(Path(path), band) for path in task.inputs]
+        runs = [band_runs(path, band) for path in self._signature_files("bands")]
         pairs = 0
         with ShardWriter(self._work("pairs", f"{task.key}.parquet"), PAIR_SCHEMA) as writer:
             for keys, docs in merged_groups(runs):
@@ -224,9 +251,7 @@ class MinHashDedup(Stage):
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        bands = task.args["bands"]
-        pair_files, meta_files = task.inputs[:bands], task.inputs[bands:]
-        pairs = [pq.read_table(f) for f in pair_files]
+        pairs = [pq.read_table(f) for f in phase_outputs(self.ctx.output, "buckets")]
         doc = np.concatenate([t["doc"].to_numpy() for t in pairs]) if pairs else np.zeros(0, np.int64)
         other = np.concatenate([t["other"].to_numpy() for t in pairs]) if pairs else np.zeros(0, np.int64)
         nodes = np.unique(np.concatenate([doc, other]))
@@ -236,7 +261,7 @@ class MinHashDedup(Stage):
             shape=(n, n),
         )
         _, labels = connected_components(graph, directed=False)
-        ids, lengths, sigs = self._node_meta(nodes, meta_files)
+        ids, lengths, sigs = self._node_meta(nodes, self._signature_files("meta"))
 
         # Keeper of each component: the first node in (label, preference, doc) order.
         preference = -lengths if self.params.keep == "longest" else np.zeros(n, np.int64)
@@ -283,25 +308,30 @@ class MinHashDedup(Stage):
         )
 
     def _node_meta(
-        self, nodes: np.ndarray, meta_files: tuple[str, ...]
+        self, nodes: np.ndarray, meta_files: list[Path]
     ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-        """ids, text lengths and signatures of the candidate documents only, read shard by shard."""
+        """ids, text lengths and signatures of the candidate documents only, read file by file."""
         n, num_perm = len(nodes), self.params.num_perm
         ids: list[Any] = [None] * n
         lengths = np.zeros(n, np.int64)
         sigs = np.zeros((n, num_perm), np.uint32)
-        shard_of = nodes >> ROW_BITS
-        for shard, path in enumerate(meta_files):
-            lo, hi = np.searchsorted(shard_of, [shard, shard + 1])
+        for path in meta_files:
+            pf = pq.ParquetFile(path)
+            if pf.metadata.num_rows == 0:
+                continue
+            # A file's docs ascend, so its first and last doc bound the candidates it can hold.
+            first = pf.read_row_group(0, columns=["doc"])["doc"][0].as_py()
+            last = pf.read_row_group(pf.metadata.num_row_groups - 1, columns=["doc"])["doc"][-1].as_py()
+            lo, hi = np.searchsorted(nodes, [first, last + 1])
             if lo == hi:
                 continue
-            wanted = nodes[lo:hi] & ((1 << ROW_BITS) - 1)
-            for batch in iter_batches(Path(path)):
-                rows = batch.column("row").to_numpy()
-                hit = np.isin(rows, wanted, assume_unique=True)
+            wanted = nodes[lo:hi]
+            for batch in iter_batches(path):
+                docs = batch.column("doc").to_numpy()
+                hit = np.isin(docs, wanted, assume_unique=True)
                 if not hit.any():
                     continue
-                at = lo + np.searchsorted(wanted, rows[hit])
+                at = lo + np.searchsorted(wanted, docs[hit])
                 mask = pa.array(hit)
                 for i, value in zip(at, batch.column("id").filter(mask).to_pylist(), strict=True):
                     ids[i] = value
@@ -312,7 +342,8 @@ class MinHashDedup(Stage):
 
     # -- phase 4 -------------------------------------------------------------------------------------------
     def _filter(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        decided = pq.read_table(task.inputs[1], filters=[("shard", "=", task.args["shard"])]).sort_by("row")
+        clusters_file = self.ctx.work / "clusters.parquet"
+        decided = pq.read_table(clusters_file, filters=[("shard", "=", task.args["shard"])]).sort_by("row")
         clustered_rows = decided["row"].to_numpy()
         clusters, dup_of = decided["cluster"], decided["dup_of"]
         offset = 0

@@ -1,10 +1,11 @@
 """Filter on score columns: `--where` conditions and a global `--top-fraction` cutoff.
 
 `--where "quality_score >= 0.5 and lang == 'en'"` is one map phase. `--top-fraction F --by COLUMN` keeps
-the best F of the rows (of those passing --where) across the whole shard set with one exact cutoff, in
-three phases: `rank` writes each shard's sorted rank keys, `cutoff` (one task) finds the key of rank k,
-`filter` keeps rows at or above it. Ties are broken by a seeded hash of the id, so the kept rows are the
-same for any number of workers; see `pipelines/stats/top_fraction.py`.
+the best F of the rows (of those passing --where and having a score: null or NaN is no score) across the
+whole shard set with one exact cutoff, in three phases: `rank` writes each shard's sorted rank keys,
+`cutoff` (one task) finds the key of rank k, `filter` keeps rows at or above it. Ties are broken by a
+seeded hash of the id, so the kept rows are the same for any number of workers; see
+`pipelines/stats/top_fraction.py`.
 """
 
 from __future__ import annotations
@@ -28,19 +29,13 @@ from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
 from thresher.pipelines.engine.shards import ID_COLUMN, dropped_table, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.filter.where import Where, WhereSyntaxError, parse_where
-from thresher.pipelines.stats.top_fraction import (
-    KEY_DTYPE,
-    decode_key,
-    keep_count,
-    key_at_rank,
-    open_sorted_keys,
-    rank_keys,
-    score_from_order,
-    write_sorted_keys,
-)
+from thresher.pipelines.stats.order import is_missing
+from thresher.pipelines.stats.runs import open_run, save_run
+from thresher.pipelines.stats.top_fraction import KEY_DTYPE, TopCutoff, rank_keys, score_quantiles, top_cutoff
 
 WHERE_REASON = "where"
 TOP_REASON = "below_top_fraction"
+NO_SCORE_REASON = "no_score"
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
 
@@ -54,7 +49,9 @@ class ScoreFilterParams(StageParams):
         None,
         gt=0,
         le=1,
-        description="Keep this share of rows with the best --by, cut once for the whole set.",
+        description="Keep this share of the rows with the best --by, cut once for the whole set. Rows whose "
+        "--by is null or NaN have no rank: the share is of the rows with a score, and they are dropped "
+        "(reason no_score).",
     )
     by: str = Field("quality_score", description="Score column --top-fraction ranks by.")
     ascending: bool = Field(False, description="For --top-fraction, lower is better (e.g. perplexity).")
@@ -72,7 +69,7 @@ class ScoreFilterParams(StageParams):
 
 class ScoreFilter(Stage):
     name = "filter"
-    version = "1"
+    version = "2"  # 2: null and NaN scores are out of the --top-fraction population
     Params = ScoreFilterParams
     summary = "Keep rows by --where conditions and/or the global --top-fraction of a score column."
     example = (
@@ -179,35 +176,26 @@ class ScoreFilter(Stage):
             offset += batch.num_rows
             tc.progress(batch.num_rows)
         path = self._rank_file(task.key)
-        write_sorted_keys(path, np.concatenate(keys) if keys else np.zeros(0, KEY_DTYPE))
+        save_run(path, np.concatenate(keys) if keys else np.zeros(0, KEY_DTYPE))
         tc.record(FileRecord(path=str(path), size=path.stat().st_size, digest=file_digest(path)))
         return TaskResult(extra={"eligible": int(sum(len(k) for k in keys))})
 
     def _cutoff(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         assert self.params.top_fraction is not None
-        shards = [open_sorted_keys(Path(p)) for p in task.inputs]
-        eligible = sum(len(s) for s in shards)
-        keep = keep_count(self.params.top_fraction, eligible)
-        cutoff = key_at_rank(shards, keep - 1) if keep else None
-        quantiles = {}
-        for q in QUANTILES if eligible else ():
-            # The score below which a share q of eligible rows lies (nulls count as worst).
-            rank = round((1 - q) * (eligible - 1)) if self._higher_is_better else round(q * (eligible - 1))
-            quantiles[str(q)] = self._score(key_at_rank(shards, rank))
+        runs = [open_run(Path(p)) for p in task.inputs]
+        cut = top_cutoff(runs, self.params.top_fraction, self._higher_is_better)
         result = {
-            "eligible_rows": eligible,
-            "keep_rows": keep,
-            "cutoff_key": cutoff.hex() if cutoff else None,
-            "cutoff_score": self._score(cutoff) if cutoff else None,
-            "score_quantiles": quantiles,
+            "eligible_rows": cut.rows,
+            "scored_rows": cut.scored,
+            "keep_rows": cut.keep,
+            "cutoff_key": cut.key.hex() if cut.key else None,
+            "cutoff_score": cut.score,
+            "score_quantiles": score_quantiles(runs, QUANTILES, self._higher_is_better),
         }
         path = self._cutoff_file()
         atomic.write_json(path, result)
         tc.record(FileRecord(path=str(path), size=path.stat().st_size, digest=file_digest(path)))
         return TaskResult(extra={k: v for k, v in result.items() if k != "cutoff_key"})
-
-    def _score(self, key: bytes) -> float | None:
-        return score_from_order(decode_key(key)["score"], self._higher_is_better)
 
     def _filter(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         where = self._where
@@ -215,18 +203,14 @@ class ScoreFilter(Stage):
         top_detail = ""
         if self.params.top_fraction is not None:
             decided = json.loads(Path(task.inputs[1]).read_text(encoding="utf-8"))
-            cutoff = np.array(
-                bytes.fromhex(decided["cutoff_key"]) if decided["cutoff_key"] else b"", KEY_DTYPE
-            )
-            keep_none = decided["cutoff_key"] is None
+            key = bytes.fromhex(decided["cutoff_key"]) if decided["cutoff_key"] else None
+            cut = TopCutoff(decided["eligible_rows"], decided["scored_rows"], decided["keep_rows"], key, None)
             top_detail = (
                 f"{self.params.by} below the top-{self.params.top_fraction} cutoff {decided['cutoff_score']}"
             )
 
             def top(batch: pa.RecordBatch, rows: np.ndarray) -> np.ndarray:
-                if keep_none:
-                    return np.zeros(len(rows), dtype=bool)
-                return self._keys(batch, task.args.get("shard", 0), rows) <= cutoff
+                return cut.keeps(self._keys(batch, task.args.get("shard", 0), rows))
 
         offset = 0
 
@@ -243,6 +227,10 @@ class ScoreFilter(Stage):
             ids = batch.column(ID_COLUMN)
             failed_where = ~eligible
             below = eligible & ~kept
+            unscored = np.zeros(batch.num_rows, dtype=bool)
+            if top is not None:
+                unscored = below & is_missing(batch.column(self.params.by))
+                below &= ~unscored
             parts = []
             if failed_where.any():
                 parts.append(
@@ -257,6 +245,16 @@ class ScoreFilter(Stage):
                 parts.append(
                     dropped_table(
                         ids.filter(pa.array(below)), self.name, TOP_REASON, [top_detail] * int(below.sum())
+                    )
+                )
+            if unscored.any():
+                detail = f"{self.params.by} is null or NaN"
+                parts.append(
+                    dropped_table(
+                        ids.filter(pa.array(unscored)),
+                        self.name,
+                        NO_SCORE_REASON,
+                        [detail] * int(unscored.sum()),
                     )
                 )
             return BatchOutcome(batch.filter(pa.array(kept)), pa.concat_tables(parts))

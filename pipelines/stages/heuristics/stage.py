@@ -22,9 +22,8 @@ from pydantic import Field, field_validator, model_validator
 
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
-from thresher.pipelines.engine.shards import ID_COLUMN, dropped_table
-from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.engine.mapping import BatchOutcome, MapStage
+from thresher.pipelines.engine.stage import PhaseSpec, StageParams, TaskSpec
 from thresher.pipelines.stages.heuristics.rules import (
     DEFAULT_RULES,
     RULE_NAMES,
@@ -166,14 +165,13 @@ class HeuristicsParams(StageParams):
         return tuple(n for n in RULE_NAMES if n in names)
 
 
-class Heuristics(Stage):
+class Heuristics(MapStage[HeuristicsParams]):
     name = "heuristics"
-    version = "1"
-    Params = HeuristicsParams
     summary = "Drop documents that trip heuristic rules (Gopher quality/repetition, C4-style, blocklists)."
     example = "thresher heuristics data/01-exact data/02-heuristics --rules gopher,c4 --min-words 30"
     command = ("heuristics",)
-    params: HeuristicsParams
+    phase_name = "filter"
+    checker: HeuristicChecker  # per task: its blocklists come from the task's args
 
     def _url_column(self) -> list[str]:
         return [self.params.url_column] if self.params.url_blocklist else []
@@ -193,71 +191,44 @@ class Heuristics(Stage):
         return files
 
     def phases(self) -> list[PhaseSpec]:
-        assert self.ctx.input is not None
         self.side_inputs()
-        # Absolute paths: a task may run from another directory (a Slurm array task).
-        lists = {
+        return super().phases()
+
+    def task_args(self) -> dict[str, Any]:
+        # Absolute paths: a task may run from another directory (a Slurm array task). The files' digests
+        # are side inputs, so replacing one reruns every task.
+        return {
             "word_blocklist": [str(Path(f).resolve()) for f in self.params.word_blocklist],
             "url_blocklist": [str(Path(f).resolve()) for f in self.params.url_blocklist],
         }
-        files = (*lists["word_blocklist"], *lists["url_blocklist"])
-        return [
-            PhaseSpec(
-                "filter",
-                [TaskSpec(s.name, (str(s.path), *files), lists, s.num_rows) for s in self.ctx.input.shards],
-            )
-        ]
 
-    def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        p = self.params
-        checker = HeuristicChecker(
-            p, Blocklists.load(task.args["word_blocklist"], task.args["url_blocklist"])
+    def start_task(self, task: TaskSpec) -> None:
+        self.checker = HeuristicChecker(
+            self.params, Blocklists.load(task.args["word_blocklist"], task.args["url_blocklist"])
         )
-        url_column = p.url_column if p.url_blocklist else None
 
-        def apply_rules(batch: pa.RecordBatch) -> BatchOutcome:
-            urls = batch.column(url_column) if url_column else None
-            short: dict[int, str] = {}
-            if p.c4_lines:
-                index = batch.schema.get_field_index(p.text_column)
-                texts, short = checker.clean_lines(batch.column(index))
-                batch = batch.set_column(index, batch.schema.field(index), texts)
-            reasons, details = checker.check(TextBatch(batch.column(p.text_column), urls), short)
-            drop = np.array([r is not None for r in reasons], dtype=bool)
-            if not drop.any():
-                return BatchOutcome(batch)
-            rows = np.nonzero(drop)[0]
-            dropped = dropped_table(
-                batch.column(ID_COLUMN).take(pa.array(rows)),
-                self.name,
-                [reasons[i] for i in rows],
-                [details[i] for i in rows],
-            )
-            return BatchOutcome(batch.filter(pa.array(~drop)), dropped)
-
-        result = map_shard(Path(task.inputs[0]), tc, apply_rules, writes_dropped=True)
-        result.extra["tripped"] = dict(checker.tripped)
+    def map_batch(self, batch: pa.RecordBatch, offset: int) -> BatchOutcome:
+        p, checker = self.params, self.checker
+        urls = batch.column(p.url_column) if p.url_blocklist else None
+        short: dict[int, str] = {}
         if p.c4_lines:
-            result.extra["c4_lines"] = dict(checker.line_counts)
-        return result
+            index = batch.schema.get_field_index(p.text_column)
+            texts, short = checker.clean_lines(batch.column(index))
+            batch = batch.set_column(index, batch.schema.field(index), texts)
+        reasons, details = checker.check(TextBatch(batch.column(p.text_column), urls), short)
+        drop = [r is not None for r in reasons]
+        return BatchOutcome.drop_rows(batch, drop, reasons, details, checker.take_counts())
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
-        dropped: Counter[str] = Counter()
-        tripped: Counter[str] = Counter()
-        lines: Counter[str] = Counter()
-        for r in records:
-            if r.counts is not None:
-                dropped.update(r.counts.dropped)
-            tripped.update(r.extra.get("tripped", {}))
-            lines.update(r.extra.get("c4_lines", {}))
         rules = list(self.params.active_rules())
         rules = ["c4_lines", *rules] if self.params.c4_lines else rules
+        tripped = self.counted("tripped")
         return {
             "rules": rules,
-            "dropped_by_rule": {name: dropped.get(name, 0) for name in rules},
+            "dropped_by_rule": {name: self.totals.dropped.get(name, 0) for name in rules},
             # A document can trip several rules; it is dropped under the first.
             "tripped_by_rule": {name: tripped.get(name, 0) for name in rules},
-            "c4_lines": dict(sorted(lines.items())) if self.params.c4_lines else None,
+            "c4_lines": self.counted("c4_lines") if self.params.c4_lines else None,
         }
 
 
@@ -270,6 +241,17 @@ class HeuristicChecker:
         self.rules = [rule(name) for name in params.active_rules()]
         self.tripped: Counter[str] = Counter({r.name: 0 for r in self.rules})
         self.line_counts: Counter[str] = Counter(lines_removed=0, documents_changed=0)
+        self._taken: Counter[str] = Counter()
+
+    def take_counts(self) -> dict[str, int]:
+        """What was counted since the last call, as task counters (`tripped.<rule>`, `c4_lines.<what>`);
+        every name appears, with 0 where nothing happened."""
+        now = Counter({f"tripped.{k}": n for k, n in self.tripped.items()})
+        if self.params.c4_lines:
+            now.update({f"c4_lines.{k}": n for k, n in self.line_counts.items()})
+        delta = {k: n - self._taken[k] for k, n in now.items()}
+        self._taken = now
+        return delta
 
     def clean_lines(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, dict[int, str]]:
         """The texts with C4's offending lines removed, and the documents left with too few sentences

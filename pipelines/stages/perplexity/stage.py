@@ -37,15 +37,15 @@ from thresher.pipelines.engine.manifest import FileRecord, TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
 from thresher.pipelines.engine.shards import iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.stats.order import is_missing
 from thresher.pipelines.stats.percentile_buckets import (
     BucketCutoffs,
     assign_buckets,
     assign_group_buckets,
     exact_percentiles,
-    load_runs,
-    runs_index,
     save_runs,
 )
+from thresher.pipelines.stats.runs import load_group_runs, runs_index
 
 SUMMARY_PERCENTILES = (10.0, 50.0, 90.0)
 # Why a scored row has no bucket (counted in the summary).
@@ -57,12 +57,15 @@ NO_MODEL = "no_model"  # its group has no model (not in --group-models, and no -
 class PerplexityParams(StageParams):
     text_column: str = Field("text", description="Column holding the text to score.")
     buckets: list[str] = Field(
-        ["head", "middle", "tail"], description="Bucket names, lowest perplexity first; empty: no buckets."
+        ["head", "middle", "tail"],
+        description="Bucket names, lowest perplexity first; empty: no buckets. A document without a score "
+        "(null or NaN: empty text, no model) gets a null bucket.",
     )
     percentiles: list[float] = Field(
         [30.0, 60.0],
         description="Percentile cutoffs between the buckets. The default 30,60 is cc_net's code default "
-        "(head below the 30th percentile, middle below the 60th, tail above).",
+        "(head below the 30th percentile, middle below the 60th, tail above). Percentiles are of the "
+        "documents with a score: null or NaN scores are left out.",
     )
     cutoffs_file: str | None = Field(
         None,
@@ -308,7 +311,7 @@ class PerplexityStage(Stage):
         p = self.params
         by_group: dict[str | None, list[np.ndarray]] = {}
         for path in task.inputs[::2]:
-            for group, run in load_runs(Path(path)).items():
+            for group, run in load_group_runs(Path(path)).items():
                 by_group.setdefault(group, []).append(run)
         every = [run for runs in by_group.values() for run in runs]
         documents = sum(len(r) for r in every)
@@ -448,12 +451,13 @@ class _BucketCounts:
         ppl: np.ndarray,
         cutoffs: BucketCutoffs,
     ) -> None:
+        scored = ~is_missing(ppl)
         for i, label in enumerate(labels):
             if label is not None:
                 self.buckets[label] += 1
                 if groups is not None:
                     self.group_buckets.setdefault(str(groups[i]), Counter())[label] += 1
-            elif groups is not None and np.isfinite(ppl[i]):
+            elif groups is not None and scored[i]:
                 self.unbucketed[NO_GROUP if groups[i] is None else NO_CUTOFFS] += 1
 
     def extra(self) -> dict[str, Any]:
@@ -503,7 +507,7 @@ def _kenlm_scorer(model: str, tokenizer: str, threads: int) -> Any:
 
 class KenLMPerplexity(PerplexityStage):
     name = "perplexity-kenlm"
-    version = "1"
+    version = "2"  # 2: infinite perplexities count in the percentiles, -0.0 is 0.0
     Params = KenLMPerplexityParams
     summary = "Add kenlm_ppl (cc_net-normalised sentencepiece + KenLM) and kenlm_bucket (head/middle/tail)."
     example = "thresher perplexity kenlm data/01-exact data/02-ppl --model data/kenlm-wiki"
@@ -536,7 +540,11 @@ class LMPerplexityParams(PerplexityParams):
         description="Local Hugging Face causal LM folder, or a hub name in the local cache (with "
         "--group-models: the model of the groups not listed there).",
     )
-    buckets: list[str] = Field([], description="Bucket names, lowest perplexity first; empty: no buckets.")
+    buckets: list[str] = Field(
+        [],
+        description="Bucket names, lowest perplexity first; empty: no buckets. A document without a score "
+        "(null or NaN: empty text, no model) gets a null bucket.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run; CUDA uses bf16.")
     batch_size: int = Field(16, ge=1, description="Token windows per forward pass.")
     max_length: int | None = Field(
@@ -563,7 +571,7 @@ def _lm_scorer(folder: str, options: tuple[tuple[str, Any], ...]) -> Any:
 
 class LMPerplexity(PerplexityStage):
     name = "perplexity-lm"
-    version = "1"
+    version = "2"  # 2: infinite perplexities count in the percentiles, -0.0 is 0.0
     Params = LMPerplexityParams
     summary = "Add lm_ppl: perplexity under a local Hugging Face causal LM (CUDA + bf16 when present)."
     example = "thresher perplexity lm data/01-exact data/02-lm --model data/proxy/model"

@@ -13,7 +13,7 @@ Phases:
    per-shard work file, and each row's score: the learning-rate-weighted sum over checkpoints of its mean
    cosine to each target subtask (--target-subtask-column), maximised over subtasks; plus the row's
    sorted rank key (`pipelines/stats/top_fraction.py`).
-4. `cutoff` (one task): the exact rank-k key over all shards' keys, k = --fraction of the rows.
+4. `cutoff` (one task): the exact rank-k key over all shards' keys, k = --fraction of the rows with a score.
 5. `select` (per shard): keep the rows at or above the cutoff; add `less_score` and `less_subtask`.
 
 Nothing holds the pool: gradients and features live per batch, then per shard on disk. A row that yields
@@ -41,26 +41,17 @@ from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardSet, ShardWriter, dropped_table, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, TaskContext, TaskResult, TaskSpec
-from thresher.pipelines.stages.select.mods import (
+from thresher.pipelines.stages.select.instruction import (
     UNSCORABLE,
     InstructionParams,
-    _all_cores,
-    _InstructionStage,
-    _model_inputs,
-    _record,
-    _threads,
+    InstructionStage,
+    all_cores,
+    model_inputs,
+    record_file,
+    set_torch_threads,
 )
-from thresher.pipelines.stats.top_fraction import (
-    KEY_DTYPE,
-    KEY_FIELDS,
-    decode_key,
-    keep_count,
-    key_at_rank,
-    open_sorted_keys,
-    rank_keys,
-    score_from_order,
-    write_sorted_keys,
-)
+from thresher.pipelines.stats.runs import open_run, save_run
+from thresher.pipelines.stats.top_fraction import KEY_DTYPE, rank_keys, top_cutoff
 
 SCORE_COLUMN = "less_score"
 SUBTASK_COLUMN = "less_subtask"
@@ -68,7 +59,6 @@ BELOW = "below_top_fraction"
 NO_ANSWER = "no_answer_tokens"
 SCORES_SCHEMA = pa.schema([("row", pa.int64()), (SCORE_COLUMN, pa.float64()), (SUBTASK_COLUMN, pa.string())])
 _HASH_SCALE = float(2**64)
-NO_SCORE = np.uint64(2**64 - 1)  # the score part of the rank key of a row without a score
 # Rows whose gradients one features batch holds: bounded so a big LoRA (gradient dim) stays in memory.
 _FEATURE_VALUES_PER_BATCH = 1 << 26
 
@@ -128,9 +118,9 @@ def _warmup_rows(ids: pa.Array, fraction: float, seed: int) -> np.ndarray:
     return h / _HASH_SCALE < fraction
 
 
-class LESSSelect(_InstructionStage):
+class LESSSelect(InstructionStage):
     name = "select-less"
-    version = "2"
+    version = "3"  # 3: the top fraction is a share of the scored rows only
     Params = LESSParams
     summary = (
         "LESS: score rows by LoRA-gradient similarity to a --target set (Adam-preconditioned, projected) "
@@ -155,7 +145,7 @@ class LESSSelect(_InstructionStage):
     def side_inputs(self) -> list[Path]:
         return [
             *(s.path for s in self._target_set().shards),
-            *(Path(m) for m in _model_inputs(self.params.model)),
+            *(Path(m) for m in model_inputs(self.params.model)),
         ]
 
     def _warmup_settings(self) -> Any:
@@ -203,9 +193,9 @@ class LESSSelect(_InstructionStage):
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
         p = self.params
-        self._check_new_columns([SCORE_COLUMN, SUBTASK_COLUMN])
+        self.check_new_columns([SCORE_COLUMN, SUBTASK_COLUMN])
         shards = self.ctx.input.shards
-        models = _model_inputs(p.model)
+        models = model_inputs(p.model)
         target = tuple(str(s.path.resolve()) for s in self._target_set().shards)
         paths = self._paths()
         checkpoints = tuple(
@@ -263,14 +253,14 @@ class LESSSelect(_InstructionStage):
 
         assert self.ctx.input is not None
         p = self.params
-        _threads(_all_cores())
+        set_torch_threads(all_cores())
         lm = InstructLM(p.model, device=p.device, max_length=p.max_length)
         examples = []
         skipped = 0
         for shard in self.ctx.input.shards:
-            for batch in iter_batches(shard.path, self._columns(shard.path)):
+            for batch in iter_batches(shard.path, self.read_columns(shard.path)):
                 chosen = _warmup_rows(batch.column(ID_COLUMN), p.warmup_fraction, self.ctx.seed)
-                instructions, inputs, outputs = self._rows(batch)
+                instructions, inputs, outputs = self.row_texts(batch)
                 ok = [
                     i for i in np.nonzero(chosen)[0] if instructions[i] is not None and outputs[i] is not None
                 ]
@@ -290,8 +280,8 @@ class LESSSelect(_InstructionStage):
         folder = self._paths()["checkpoints"]
         result = warmup_lora(p.model, examples, folder, settings, p.device)
         for c in result.checkpoints:
-            _record(tc, Path(c.path))
-        _record(tc, folder / CHECKPOINT_META)
+            record_file(tc, Path(c.path))
+        record_file(tc, folder / CHECKPOINT_META)
         return TaskResult(
             extra={
                 "warmup_rows": len(examples),
@@ -314,7 +304,7 @@ class LESSSelect(_InstructionStage):
         from thresher.scorers.lora_grads import GradientFeaturizer, read_checkpoints
 
         p = self.params
-        _threads(threads)
+        set_torch_threads(threads)
         return GradientFeaturizer(
             p.model,
             read_checkpoints(self._paths()["checkpoints"]),
@@ -329,16 +319,16 @@ class LESSSelect(_InstructionStage):
     # -- phase 2 -------------------------------------------------------------------------------------------
     def _target(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
-        featurizer = self._featurizer(_all_cores())
+        featurizer = self._featurizer(all_cores())
         examples, subtasks = [], []
         target = self._target_set()
         for shard in target.shards:
             names = shard.schema.names if shard.schema is not None else []
             column = p.target_subtask_column if p.target_subtask_column in names else None
             for batch in iter_batches(
-                shard.path, [*self._columns(shard.path), *([column] if column else [])]
+                shard.path, [*self.read_columns(shard.path), *([column] if column else [])]
             ):
-                instructions, inputs, outputs = self._rows(batch)
+                instructions, inputs, outputs = self.row_texts(batch)
                 labels = batch.column(column).to_pylist() if column else ["all"] * batch.num_rows
                 ok = [
                     i for i in range(batch.num_rows) if instructions[i] is not None and outputs[i] is not None
@@ -358,8 +348,8 @@ class LESSSelect(_InstructionStage):
             np.save(f, features[:, usable], allow_pickle=False)
         kept = [s for s, u in zip(subtasks, usable, strict=True) if u]
         atomic.write_json(paths["subtasks"], kept)
-        _record(tc, paths["target"])
-        _record(tc, paths["subtasks"])
+        record_file(tc, paths["target"])
+        record_file(tc, paths["subtasks"])
         return TaskResult(
             extra={
                 "target_examples": int(usable.sum()),
@@ -402,8 +392,10 @@ class LESSSelect(_InstructionStage):
         offset = 0
         try:
             batch_rows = int(np.clip(_FEATURE_VALUES_PER_BATCH // featurizer.dim, 16, 256))
-            for batch in iter_batches(Path(task.inputs[0]), self._columns(Path(task.inputs[0])), batch_rows):
-                instructions, inputs, outputs = self._rows(batch)
+            for batch in iter_batches(
+                Path(task.inputs[0]), self.read_columns(Path(task.inputs[0])), batch_rows
+            ):
+                instructions, inputs, outputs = self.row_texts(batch)
                 ok = [
                     i for i in range(batch.num_rows) if instructions[i] is not None and outputs[i] is not None
                 ]
@@ -446,7 +438,7 @@ class LESSSelect(_InstructionStage):
             del memmaps
             for tmp, path in tmps:
                 tmp.replace(path)
-                _record(tc, path)
+                record_file(tc, path)
             tc.record(scores_writer.close())
         except BaseException:
             scores_writer.abort()
@@ -465,8 +457,8 @@ class LESSSelect(_InstructionStage):
             higher_is_better=True,
             seed=self.ctx.seed,
         )
-        write_sorted_keys(files["keys"], keys)
-        _record(tc, files["keys"])
+        save_run(files["keys"], keys)
+        record_file(tc, files["keys"])
         return TaskResult(
             extra={
                 "rows": len(scores),
@@ -477,17 +469,13 @@ class LESSSelect(_InstructionStage):
 
     # -- phase 4 -------------------------------------------------------------------------------------------
     def _cutoff(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        keys = [open_sorted_keys(Path(path)) for path in task.inputs]
-        rows = sum(len(k) for k in keys)
-        # Rows without a score carry the worst possible key: they sort last and are never selected.
-        unscored = sum(int(np.count_nonzero(k.view(KEY_FIELDS)["score"] == NO_SCORE)) for k in keys)
-        k = min(keep_count(self.params.fraction, rows), rows - unscored)
-        cutoff = key_at_rank(keys, k - 1) if k > 0 else None
-        score = score_from_order(decode_key(cutoff)["score"], higher_is_better=True) if cutoff else None
-        atomic.write_json(self._paths()["cutoff"], {"k": k, "key": cutoff.hex() if cutoff else None})
-        _record(tc, self._paths()["cutoff"])
+        # Rows without a score are not ranked and never selected; the fraction is of the scored rows.
+        cut = top_cutoff([open_run(Path(path)) for path in task.inputs], self.params.fraction, True)
+        key = cut.key.hex() if cut.key else None
+        atomic.write_json(self._paths()["cutoff"], {"k": cut.keep, "key": key})
+        record_file(tc, self._paths()["cutoff"])
         return TaskResult(
-            extra={"rows": rows, "scored": rows - unscored, "selected": k, "cutoff_score": score}
+            extra={"rows": cut.rows, "scored": cut.scored, "selected": cut.keep, "cutoff_score": cut.score}
         )
 
     # -- phase 5 -------------------------------------------------------------------------------------------
@@ -517,7 +505,7 @@ class LESSSelect(_InstructionStage):
             table = pa.Table.from_batches([batch])
             table = table.append_column(SCORE_COLUMN, pa.array(score, pa.float64(), mask=missing))
             table = table.append_column(SUBTASK_COLUMN, subtask.take(pa.array(rows)))
-            instructions, _, outputs = self._rows(batch)
+            instructions, _, outputs = self.row_texts(batch)
             no_text = np.array([i is None or o is None for i, o in zip(instructions, outputs, strict=True)])
             drop = ~keep
             reasons = np.where(no_text, UNSCORABLE, np.where(missing, NO_ANSWER, BELOW))[drop].tolist()
