@@ -2,6 +2,7 @@
 
     python bench/dedup.py                      # 100k and 1M documents
     python bench/dedup.py --docs 20000         # a quick look
+    python bench/dedup.py --verify exact estimate   # exact verification next to the signature estimate
 
 The corpus: documents of 40 random words from a 20k-word vocabulary, 10% of them planted copies of an
 earlier document with word edits at known rates, so the true Jaccard of every planted pair is computed
@@ -83,16 +84,17 @@ def run_task(output: Path, phase: str, index: int) -> float:
     return peak_mb(proc.stdout)
 
 
-def run_thresher(corpus: Path, output: Path) -> tuple[float, dict[str, float], dict[str, int]]:
+def run_thresher(corpus: Path, output: Path, verify: str) -> tuple[float, dict[str, float], dict[str, int]]:
     from thresher.pipelines.engine.executor import plan_stage, run_stage
 
     start = time.perf_counter()
-    plan, _ = plan_stage("minhash-dedup", {}, corpus, output)
+    params = {"verify": verify}
+    plan, _ = plan_stage("minhash-dedup", params, corpus, output)
     peaks: dict[str, float] = {}
     for phase in plan.phases:
         peaks[phase.name] = max(run_task(output, phase.name, i) for i in range(len(phase.tasks)))
     manifest = run_stage(
-        "minhash-dedup", {}, corpus, output, workers=1
+        "minhash-dedup", params, corpus, output, workers=1
     )  # all tasks done: writes the manifest
     seconds = time.perf_counter() - start
     cluster = dict(
@@ -155,9 +157,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--docs", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--verify",
+        nargs="+",
+        default=["exact"],
+        choices=["exact", "exact-any", "estimate", "none"],
+        help="thresher's --verify modes to run, one row each",
+    )
     args = parser.parse_args()
     header = (
-        f"{'docs':>10} {'tool':<12} {'precision':>9} {'recall':>7} {'F1':>6} {'docs/s':>9} {'peak MB':>8}"
+        f"{'docs':>10} {'tool':<20} {'precision':>9} {'recall':>7} {'F1':>6} {'docs/s':>9} {'peak MB':>8}"
     )
     print(header + "  phases")
     for n in args.docs:
@@ -178,22 +187,24 @@ def main() -> None:
                     ),
                     corpus / f"part-{k:05d}.parquet",
                 )
-            seconds, peaks, result = run_thresher(corpus, tmp / "out")
-            cluster = result["cluster"]
-            p, r, f = scores(
-                result["pairs"],
-                lambda a, b, cluster=cluster: (
-                    str(a) in cluster and cluster.get(str(a)) == cluster.get(str(b))
-                ),
-                texts,
-                truth,
-            )
-            phases = " ".join(f"{k}={v:.0f}MB" for k, v in peaks.items())
-            print(
-                f"{n:>10,} {'thresher':<12} {p:>9.3f} {r:>7.3f} {f:>6.3f} {n / seconds:>9,.0f} "
-                f"{max(peaks.values()):>8.0f}  {phases} (bands={result['bands']} rows={result['rows']})",
-                flush=True,
-            )
+            for verify in args.verify:
+                seconds, peaks, result = run_thresher(corpus, tmp / f"out-{verify}", verify)
+                cluster = result["cluster"]
+                p, r, f = scores(
+                    result["pairs"],
+                    lambda a, b, cluster=cluster: (
+                        str(a) in cluster and cluster.get(str(a)) == cluster.get(str(b))
+                    ),
+                    texts,
+                    truth,
+                )
+                phases = " ".join(f"{k}={v:.0f}MB" for k, v in peaks.items())
+                tool = f"thresher/{verify}"
+                print(
+                    f"{n:>10,} {tool:<20} {p:>9.3f} {r:>7.3f} {f:>6.3f} {n / seconds:>9,.0f} "
+                    f"{max(peaks.values()):>8.0f}  {phases} (bands={result['bands']} rows={result['rows']})",
+                    flush=True,
+                )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         seconds, hwm, dup_of = run_datasketch(texts)
@@ -205,7 +216,7 @@ def main() -> None:
 
         p, r, f = scores(dup_of, lambda a, b: root(a) == root(b), texts, truth)
         print(
-            f"{n:>10,} {'datasketch':<12} {p:>9.3f} {r:>7.3f} {f:>6.3f} {n / seconds:>9,.0f} {hwm:>8.0f}  "
+            f"{n:>10,} {'datasketch':<20} {p:>9.3f} {r:>7.3f} {f:>6.3f} {n / seconds:>9,.0f} {hwm:>8.0f}  "
             "in-memory MinHashLSH",
             flush=True,
         )

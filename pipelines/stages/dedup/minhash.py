@@ -7,8 +7,10 @@ Phases:
 2. `buckets` (per band): k-way merge of that band's sorted runs from all shards; documents sharing a key
    become candidate pairs. Nothing holds a whole band in memory.
 3. `clusters` (one task): connected components over candidate pairs only, so memory follows the number
-   of duplicates, not the corpus; pick each cluster's keeper; with --verify, drop members whose estimated
-   Jaccard to the keeper is below the threshold (LSH false positives).
+   of duplicates, not the corpus; pick each cluster's keeper; verify members against it (--verify exact:
+   exact Jaccard of shingle sets recomputed for the clustered documents only; exact-any: against any member
+   of its cluster; estimate: from the signatures). A member below the threshold is kept (LSH false positives
+   and chains of candidates).
 4. `filter` (per shard): drop clustered non-keepers (naming their keeper) and add `minhash_cluster`.
 Documents are ordered by (shard file name, row), which makes every choice independent of scheduling.
 Phases 2-4 list the index of the phases they read, not their files: the plan stays O(shards + bands).
@@ -45,6 +47,7 @@ from thresher.pipelines.stages.dedup.lsh_merge import (
     merged_groups,
     star_edges,
 )
+from thresher.pipelines.stages.dedup.verify import VerifyMode, jaccard, shingle_sets, verify_clusters
 
 REASON = "near_duplicate"
 CLUSTER_COLUMN = "minhash_cluster"
@@ -80,10 +83,12 @@ class MinHashParams(StageParams):
         description="Which document of a cluster to keep: the first (shard, row) or the longest "
         "text (ties: the first).",
     )
-    verify: bool = Field(
-        True,
-        description="Check each member against its cluster's keeper by estimated "
-        "Jaccard from the signatures; members below --threshold are kept.",
+    verify: VerifyMode = Field(
+        "exact",
+        description="Check each cluster member before dropping it: exact (exact Jaccard of its shingles "
+        "to the keeper's, recomputed for clustered documents only), exact-any (to any member already in "
+        "its cluster), estimate (estimated Jaccard from the signatures, to the keeper) or none. A member "
+        "below --threshold is kept, and with exact and exact-any may keep a cluster of its own.",
     )
 
     @model_validator(mode="after")
@@ -99,7 +104,7 @@ class MinHashParams(StageParams):
 
 class MinHashDedup(Stage):
     name = "minhash-dedup"
-    version = "1"
+    version = "2"
     Params = MinHashParams
     summary = "Drop near-duplicate documents (MinHash LSH), keeping one per cluster; adds minhash_cluster."
     example = "thresher dedup minhash data/01-exact data/02-minhash --threshold 0.8 --workers 16"
@@ -273,19 +278,15 @@ class MinHashDedup(Stage):
         keeper_of_label[labels[order][is_first]] = order[is_first]
         keeper = keeper_of_label[labels]
 
-        duplicate = keeper != np.arange(n)
-        rejected = 0
-        if self.params.verify and n:
-            similarity = (sigs == sigs[keeper]).mean(axis=1)
-            passes = similarity >= self.params.threshold
-            rejected = int(np.count_nonzero(duplicate & ~passes))
-            duplicate &= passes
-        # A keeper is in a cluster only if at least one member still points at it.
-        clustered_keepers = np.unique(keeper[duplicate])
+        head, comparisons = self._verify(nodes, labels, order, keeper, sigs)
+        rejected = int(np.count_nonzero((head == np.arange(n)) & (keeper != np.arange(n))))
+        duplicate = head != np.arange(n)
+        # A kept document is in a cluster only if at least one member still points at it.
+        clustered_keepers = np.unique(head[duplicate])
         in_cluster = duplicate.copy()
         in_cluster[clustered_keepers] = True
         idx = np.nonzero(in_cluster)[0]
-        keeper_ids = ids.take(pa.array(keeper[idx]))
+        keeper_ids = ids.take(pa.array(head[idx]))
         table = pa.table(
             {
                 "shard": (nodes[idx] >> ROW_BITS).astype(np.int32),
@@ -303,9 +304,60 @@ class MinHashDedup(Stage):
                 "candidate_pairs": len(doc),
                 "clusters": len(clustered_keepers),
                 "duplicates": int(np.count_nonzero(duplicate)),
+                "verified_pairs": comparisons,
                 "verify_rejected": rejected,
             }
         )
+
+    def _verify(
+        self, nodes: np.ndarray, labels: np.ndarray, order: np.ndarray, keeper: np.ndarray, sigs: np.ndarray
+    ) -> tuple[np.ndarray, int]:
+        """(head of every node, comparisons made): see verify_clusters."""
+        p = self.params
+        if p.verify == "none" or len(nodes) == 0:
+            return keeper, 0
+        if p.verify == "estimate":
+
+            def similarity(i: int, j: int) -> float:
+                return float(np.count_nonzero(sigs[i] == sigs[j])) / p.num_perm
+
+        else:
+            sets = self._node_shingles(nodes)
+
+            def similarity(i: int, j: int) -> float:
+                return jaccard(sets[i], sets[j])
+
+        return verify_clusters(
+            order,
+            labels,
+            similarity,
+            p.threshold,
+            any_member=p.verify == "exact-any",
+            split=p.verify != "estimate",
+        )
+
+    def _node_shingles(self, nodes: np.ndarray) -> list[np.ndarray]:
+        """Shingle sets of the candidate documents only, read batch by batch from their input shards: memory
+        follows the clustered documents, not the corpus."""
+        assert self.ctx.input is not None
+        shards = self.ctx.input.shards
+        sets: list[np.ndarray] = [np.zeros(0, np.uint32)] * len(nodes)
+        shard_of = nodes >> ROW_BITS
+        for shard in np.unique(shard_of).tolist():
+            lo, hi = np.searchsorted(shard_of, [shard, shard + 1])
+            wanted = nodes[lo:hi] & ((1 << ROW_BITS) - 1)
+            offset = 0
+            for batch in iter_batches(shards[shard].path, [self.params.text_column]):
+                start, end = np.searchsorted(wanted, [offset, offset + batch.num_rows])
+                if end > start:
+                    rows = pa.array(wanted[start:end] - offset)
+                    texts = batch.column(0).take(rows)
+                    for i, found in enumerate(shingle_sets(texts, self._shingling)):
+                        sets[lo + start + i] = found
+                offset += batch.num_rows
+                if end == len(wanted):
+                    break
+        return sets
 
     def _node_meta(
         self, nodes: np.ndarray, meta_files: list[Path]
