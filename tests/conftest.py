@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable
+import os
+import subprocess
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +43,16 @@ def read_rows(shard_set: Path) -> list[dict[str, Any]]:
 
 def read_manifest(shard_set: Path) -> dict[str, Any]:
     return json.loads((shard_set / "_manifest.json").read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def small_file_system(where: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at `where`: a full or read-only disk without faking any error."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root, so these tests run there)")
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=True)

@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import struct
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Cli, read_manifest, read_rows, write_jsonl
+from conftest import Cli, read_manifest, read_rows, small_file_system, write_jsonl
 from test_bad_input import GOOD, assert_no_output, assert_user_error, ingest, make_shard_set
 
 from thresher.pipelines.engine import executor
@@ -148,19 +144,6 @@ def test_two_columns_of_one_name(cli: Cli, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # 11, 12 The file system fails: read-only, full, an input deleted mid-run
-
-
-@contextlib.contextmanager
-def small_file_system(where: Path, options: str) -> Iterator[Path]:
-    """A real tmpfs mounted at `where`: a full or read-only disk without faking any error."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "--lazy", str(where)], check=True)
 
 
 def incompressible_jsonl(path: Path, rows: int) -> Path:

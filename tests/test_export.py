@@ -13,7 +13,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from conftest import Cli, read_rows, write_jsonl
+from conftest import Cli, read_rows, small_file_system, write_jsonl
 
 from thresher.pipelines.engine.digest import file_digest
 
@@ -191,15 +191,8 @@ def test_lineage_sidecar_names_the_source_and_every_stage(cli: Cli, tmp_path: Pa
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A real 256 KiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
-    try:
+    with small_file_system(tmp_path / "small", "size=256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def big_shard_set(cli: Cli, tmp_path: Path) -> Path:

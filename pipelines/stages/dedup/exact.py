@@ -29,7 +29,7 @@ from thresher.pipelines.engine.hash_buckets import (
     repeat_runs,
 )
 from thresher.pipelines.engine.manifest import TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.plan import phase_index_path, phase_outputs
 from thresher.pipelines.engine.shards import (
     ID_COLUMN,
@@ -180,12 +180,9 @@ class ExactDedup(Stage):
         decided = pa.concat_tables(parts).sort_by("row") if parts else DECISION_SCHEMA.empty_table()
         dup_rows = decided["row"].to_numpy()
         dup_of = decided["dup_of"]
-        offset = 0
 
-        def drop_repeats(batch: pa.RecordBatch) -> BatchOutcome:
-            nonlocal offset
+        def drop_repeats(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
             is_dup = np.isin(rows, dup_rows, assume_unique=True)
             if not is_dup.any():
                 return BatchOutcome(batch)
@@ -195,7 +192,7 @@ class ExactDedup(Stage):
             )
             return BatchOutcome(batch.filter(pa.array(~is_dup)), dropped)
 
-        return map_shard(Path(task.inputs[0]), tc, drop_repeats, writes_dropped=True)
+        return map_batches(Path(task.inputs[0]), tc, drop_repeats, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         decide = [r for r in records if r.phase == "decide"]

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from thresher.pipelines.engine.manifest import TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.plan import phase_index_path, phase_outputs
 from thresher.pipelines.engine.shards import (
     ID_COLUMN,
@@ -398,12 +398,9 @@ class MinHashDedup(Stage):
         decided = pq.read_table(clusters_file, filters=[("shard", "=", task.args["shard"])]).sort_by("row")
         clustered_rows = decided["row"].to_numpy()
         clusters, dup_of = decided["cluster"], decided["dup_of"]
-        offset = 0
 
-        def mark(batch: pa.RecordBatch) -> BatchOutcome:
-            nonlocal offset
+        def mark(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
             hit = np.isin(rows, clustered_rows, assume_unique=True)
             at = pa.array(
                 np.minimum(np.searchsorted(clustered_rows, rows), max(len(clustered_rows) - 1, 0)),
@@ -424,7 +421,7 @@ class MinHashDedup(Stage):
             )
             return BatchOutcome(table.filter(pc.invert(dup)), dropped)
 
-        return map_shard(Path(task.inputs[0]), tc, mark, writes_dropped=True)
+        return map_batches(Path(task.inputs[0]), tc, mark, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         bands, rows = self.lsh_shape()

@@ -25,7 +25,7 @@ from thresher.pipelines.engine import atomic
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import FileRecord, TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, dropped_table, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.filter.where import Where, WhereSyntaxError, parse_where
@@ -212,12 +212,8 @@ class ScoreFilter(Stage):
             def top(batch: pa.RecordBatch, rows: np.ndarray) -> np.ndarray:
                 return cut.keeps(self._keys(batch, task.args.get("shard", 0), rows))
 
-        offset = 0
-
-        def keep_best(batch: pa.RecordBatch) -> BatchOutcome:
-            nonlocal offset
+        def keep_best(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
             eligible = self._eligible(batch) if where is not None else np.ones(batch.num_rows, dtype=bool)
             kept = eligible.copy()
             if top is not None and eligible.any():
@@ -259,7 +255,7 @@ class ScoreFilter(Stage):
                 )
             return BatchOutcome(batch.filter(pa.array(kept)), pa.concat_tables(parts))
 
-        return map_shard(Path(task.inputs[0]), tc, keep_best, writes_dropped=True)
+        return map_batches(Path(task.inputs[0]), tc, keep_best, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         p = self.params

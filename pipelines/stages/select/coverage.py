@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thresher.pipelines.engine.manifest import TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.select.embeddings import (
@@ -190,12 +190,9 @@ class KCenterCoverage(InstructionStage):
 
     def _select(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         seed_rows, order = read_seed_rows(Path(task.inputs[1]), task.args["shard"])
-        offset = 0
 
-        def pick(batch: pa.RecordBatch) -> BatchOutcome:
-            nonlocal offset
+        def pick(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
             hit, at = lookup_rows(rows, seed_rows)
             instructions = batch.column(self.params.instruction_column)
             unscorable = pc.is_null(instructions).to_numpy(zero_copy_only=False)
@@ -209,7 +206,7 @@ class KCenterCoverage(InstructionStage):
             dropped = dropped_table(table[ID_COLUMN].filter(pa.array(drop)), self.name, reasons)
             return BatchOutcome(table.filter(pa.array(hit)), dropped)
 
-        return map_shard(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         centers = next((r.extra for r in records if r.phase == "centers"), {})

@@ -38,7 +38,7 @@ from pydantic import Field
 from thresher.pipelines.engine import atomic
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.pipelines.engine.manifest import TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardSet, ShardWriter, dropped_table, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.select.instruction import (
@@ -485,12 +485,9 @@ class LESSSelect(InstructionStage):
         cut = np.array(bytes.fromhex(cutoff["key"]), KEY_DTYPE) if cutoff["key"] else None
         values = scores[SCORE_COLUMN].to_numpy(zero_copy_only=False).astype(np.float64)
         subtask = scores[SUBTASK_COLUMN]
-        offset = 0
 
-        def pick(batch: pa.RecordBatch) -> BatchOutcome:
-            nonlocal offset
+        def pick(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
             score = values[rows]
             missing = np.isnan(score)
             keys = rank_keys(
@@ -513,7 +510,7 @@ class LESSSelect(InstructionStage):
             dropped = dropped_table(table[ID_COLUMN].filter(pa.array(drop)), self.name, reasons, details)
             return BatchOutcome(table.filter(pa.array(keep)), dropped)
 
-        return map_shard(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         by_phase: dict[str, list[TaskRecord]] = {}

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from thresher.pipelines.engine.manifest import TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.select.coverage import (
@@ -393,12 +393,9 @@ class MoDSSelect(InstructionStage):
         augmented = len(task.inputs) > 4
         if augmented:
             aug_rows, aug_order = read_seed_rows(Path(task.inputs[4]), task.args["shard"])
-        offset = 0
 
-        def pick(batch: pa.RecordBatch) -> BatchOutcome:
-            nonlocal offset
+        def pick(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
             reward = q_scores[rows]
             is_seed, seed_at = lookup_rows(rows, seed_rows)
             judged, n_at = lookup_rows(rows, n_rows)
@@ -430,7 +427,7 @@ class MoDSSelect(InstructionStage):
             )
             return BatchOutcome(table.filter(pa.array(keep)), dropped)
 
-        return map_shard(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         quality: Counter[str] = Counter()

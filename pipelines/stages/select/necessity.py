@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from thresher.pipelines.engine.manifest import TaskRecord
-from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
+from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardSet, ShardWriter, dropped_table, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, StageParams, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.select.coverage import STAGE_COLUMN
@@ -314,12 +314,9 @@ class Necessity(InstructionStage):
         result_rows = results["row"].to_numpy()
         result_status = np.asarray(results["status"].to_pylist(), dtype=object)
         result_scores = results[NECESSITY_COLUMN].to_numpy(zero_copy_only=False).astype(np.float64)
-        offset = 0
 
-        def pick(batch: pa.RecordBatch) -> BatchOutcome:
-            nonlocal offset
+        def pick(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
             in_seed = pc.is_in(batch.column(ID_COLUMN), value_set=seed_ids).to_numpy(zero_copy_only=False)
             hit, at = lookup_rows(rows, result_rows)
             status = np.where(hit, result_status[at] if len(result_rows) else None, UNSCORABLE)
@@ -336,7 +333,7 @@ class Necessity(InstructionStage):
             dropped = dropped_table(table[ID_COLUMN].filter(pa.array(drop)), self.name, reasons, details)
             return BatchOutcome(table.filter(pa.array(keep)), dropped)
 
-        return map_shard(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         finetune = next((r.extra for r in records if r.phase == "finetune"), {})
