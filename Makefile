@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | system-deps
 	# torch first and pinned: anything that asks for plain `torch` later finds it installed instead of
 	# pulling several GB of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	# The build leaves thresher.egg-info here; from this folder it would shadow the installed metadata
 	# (and its stage entry points) once pyproject.toml changes.
 	rm -rf thresher.egg-info

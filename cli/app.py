@@ -23,7 +23,7 @@ from thresher.cli.options import common_parameters, pop_common
 from thresher.cli.render import console, lineage_table, steps_table
 from thresher.pipelines.engine import registry
 from thresher.pipelines.engine.errors import UsageError
-from thresher.pipelines.engine.executor import execute_task, run_stage
+from thresher.pipelines.engine.executor import run_stage
 from thresher.pipelines.engine.plan import Plan
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
 from thresher.pipelines.engine.stage import StageParams
@@ -135,7 +135,7 @@ def apply(**kwargs: Any) -> None:
         workers=workers,
         force=force,
         reporter=reporter,
-        executor=make_executor(),
+        executor=make_executor({}),
     )
 
 
@@ -181,33 +181,55 @@ app.command("apply")(apply)
 def task(
     output_dir: Annotated[Path, typer.Argument(help="Output folder of a planned stage.", show_default=False)],
     phase: Annotated[str, typer.Option(help="Phase name or number.")],
-    index: Annotated[int | None, typer.Option(help="Task index; default: $SLURM_ARRAY_TASK_ID.")] = None,
+    index: Annotated[int | None, typer.Option(help="One task index; default: the element's tasks.")] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="The tasks of an array job, e.g. 0-99,105 (with --per-element).")
+    ] = None,
+    per_element: Annotated[int, typer.Option(min=1, help="Tasks each array element runs in turn.")] = 1,
+    element: Annotated[
+        int | None, typer.Option(help="Which element of --tasks; default: $SLURM_ARRAY_TASK_ID.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Run one task of a planned stage (what each Slurm array task calls). Finished tasks are skipped.
+    """Run tasks of a planned stage (what each Slurm array element calls). Finished tasks are skipped;
+    on SIGTERM (preemption) the task stops leaving nothing partial, on SIGUSR1 (time limit near) it also
+    requeues its Slurm job.
 
     Example:
 
         thresher task data/01-exact --phase hash --index 3
     """
+    from thresher.pipelines.engine.slurm.element import element_tasks, run_element
+    from thresher.pipelines.engine.slurm.jobs import parse_array_spec
+
     configure_logging(quiet)
     plan = Plan.read(output_dir)
     names = [p.name for p in plan.phases]
     phase_index = int(phase) if phase.isdigit() else (names.index(phase) if phase in names else -1)
     if not 0 <= phase_index < len(names):
         raise UsageError(f"--phase {phase}: the stage's phases are {', '.join(names)}")
-    if index is None:
-        if "SLURM_ARRAY_TASK_ID" not in os.environ:
-            raise UsageError("--index is required outside a Slurm array job")
-        index = int(os.environ["SLURM_ARRAY_TASK_ID"])
-    if not 0 <= index < len(plan.phases[phase_index].tasks):
-        raise UsageError(
-            f"--index {index}: phase {names[phase_index]} has {len(plan.phases[phase_index].tasks)} tasks"
-        )
-    record = execute_task(plan.output, phase_index, index)
-    make_reporter(quiet).message(
-        f"{plan.stage}/{record.phase}: task {record.key} done in {record.seconds:.2f}s"
-    )
+    count = len(plan.phases[phase_index].tasks)
+    if element is None and "SLURM_ARRAY_TASK_ID" in os.environ:
+        element = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    if index is not None:
+        chosen = [index]
+    elif tasks is not None:
+        if element is None:
+            raise UsageError("--tasks needs --element outside a Slurm array job")
+        try:
+            chosen = element_tasks(parse_array_spec(tasks), per_element, element)
+        except ValueError:
+            raise UsageError(f"--tasks {tasks}: not a list of indices like 0-99,105") from None
+    elif element is not None:
+        chosen = [element]  # an array of one task per element, indexed by task
+    else:
+        raise UsageError("--index or --tasks is required outside a Slurm array job")
+    outside = [i for i in chosen if not 0 <= i < count]
+    if outside:
+        raise UsageError(f"--index {outside[0]}: phase {names[phase_index]} has {count} tasks")
+    reporter = make_reporter(quiet)
+    for record in run_element(plan.output, phase_index, chosen):
+        reporter.message(f"{plan.stage}/{record.phase}: task {record.key} done in {record.seconds:.2f}s")
 
 
 @app.command("inspect")

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from thresher.cli.help_names import name_values
 from thresher.pipelines.engine.errors import ThresherError, UsageError
-from thresher.pipelines.engine.slurm import DryRun
+from thresher.pipelines.engine.slurm.executor import Detached, DryRun
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -60,6 +60,9 @@ class ThresherGroup(TyperGroup):
             typer.echo(f"thresher: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except DryRun:
+            raise typer.Exit(0) from None
+        except Detached as exc:
+            typer.echo(f"thresher: {exc}", err=True)
             raise typer.Exit(0) from None
         except ClickUsageError as exc:
             typer.echo(_usage_line(exc), err=True)

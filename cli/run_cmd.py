@@ -75,6 +75,14 @@ def status(
     output: Annotated[
         Path, typer.Argument(help="A stage's or a recipe's output folder.", show_default=False)
     ],
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="First wait until no Slurm job of the run is queued or running (a detached chain); then "
+            "exit 0 if every step finished, 1 if not.",
+        ),
+    ] = False,
 ) -> None:
     """Show every step of a run in order (not started ones as pending) and which tasks of each phase are
     done, failed or pending, from the task records (works for local and Slurm runs alike, with or without
@@ -82,15 +90,20 @@ def status(
 
     Example:
 
-        thresher status data/web
+        thresher status data/web --wait
     """
     from rich.table import Table
 
     from thresher.pipelines.engine.status import run_status
 
-    steps = run_status(output) if output.is_dir() else []
+    steps = run_status(output, live=not wait) if output.is_dir() else []
     if not steps:
         raise UsageError(f"{output}: no thresher stage output here")
+    if wait:
+        from thresher.pipelines.engine.slurm import SlurmOptions, wait_for_chain
+
+        wait_for_chain(output, SlurmOptions(poll_seconds=5.0), make_reporter(False))
+        steps = run_status(output)
     table = Table(title=f"status of {output}")
     for column in ("step", "phase", "done", "failed", "pending", "state", "notes"):
         numeric = column in ("done", "failed", "pending")
@@ -103,6 +116,8 @@ def status(
             counts = (str(phase.done), str(phase.failed), str(phase.pending))
             table.add_row(step.folder.name, phase.name, *counts, step.state, notes)
     console.print(table)
+    if wait and any(step.state != "finished" for step in steps):
+        raise typer.Exit(1)
 
 
 def report(

@@ -132,7 +132,7 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             workers=workers,
             force=force,
             reporter=reporter,
-            executor=make_executor(),
+            executor=make_executor({}),
         )
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

@@ -56,3 +56,13 @@ def small_file_system(where: Path, options: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "--lazy", str(where)], check=True)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real single-node Slurm shared by the executor tests (tests/slurm_cluster.py); its MaxArraySize
+    is small, so arrays of more elements are split as on a cluster with the default 1001."""
+    from slurm_cluster import slurm_cluster
+
+    with slurm_cluster(tmp_path_factory.mktemp("slurm"), max_array_size=4) as env:
+        yield env

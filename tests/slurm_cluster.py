@@ -12,10 +12,52 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+
+def thresher(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "thresher.cli", *args], capture_output=True, text=True, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"thresher {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def queued_jobs(env: dict[str, str], count: int) -> list[str]:
+    """Wait until `count` array jobs are in the queue; their ids, oldest first."""
+    jobs: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(jobs) < count:
+        listed = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, env=env)
+        jobs = sorted(set(listed.stdout.split()), key=int)
+        time.sleep(0.2)
+    assert len(jobs) == count, jobs
+    return jobs
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The body rows of a rich table as lists of stripped cells (wrapped cells are not joined)."""
+    return [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in output.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip()
+    ]
+
+
+def wait_for_text(path: Path, needles: tuple[str, ...], timeout: float = 60) -> str:
+    """Poll a log file until one of `needles` appears; return the text."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if any(n in text for n in needles):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"none of {needles} in {path}:\n{text}")
 
 
 def _free_port() -> int:
@@ -32,7 +74,7 @@ def _memory_mb() -> int:
 
 
 @contextmanager
-def slurm_cluster(root: Path) -> Iterator[dict[str, str]]:
+def slurm_cluster(root: Path, max_array_size: int = 1001) -> Iterator[dict[str, str]]:
     """Start the daemons; yield the environment (SLURM_CONF) for clients; stop them by pid."""
     missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch", "squeue") if shutil.which(t) is None]
     if missing:
@@ -67,6 +109,7 @@ SlurmdPort={_free_port()}
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
+MaxArraySize={max_array_size}
 NodeName=localhost CPUs={cpus} RealMemory={_memory_mb()} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)

@@ -123,7 +123,7 @@ def test_apply_can_go_to_slurm(cli: Cli, tmp_path: Path) -> None:
         (["dedup", "exact"], "Missing argument 'INPUT_DIR'"),
         (["dedup", "exact", "a", "b", "--nope"], "No such option: --nope"),
         (["pii", "a", "b", "--mode", "zap"], "'zap' is not one of"),
-        (["pii", "a", "b", "--executor", "ray"], "'ray' is not one of 'local', 'slurm'"),
+        (["pii", "a", "b", "--executor", "dask"], "'dask' is not one of 'local', 'slurm', 'ray'"),
     ],
 )
 def test_errors_before_and_inside_commands_are_one_plain_line(

@@ -191,3 +191,29 @@ def test_recipe_output_equals_running_the_stages_by_hand(recipe_run: Path, raw: 
     run_cli("ingest", str(raw), str(tmp_path / "a"), "--rows-per-shard", "1000", "--empty", "drop", "-q")
     run_cli("dedup", "exact", str(tmp_path / "a"), str(tmp_path / "b"), "-q")
     assert parquet_bytes(tmp_path / "b") == parquet_bytes(recipe_run / "01-exact-dedup")
+
+
+def test_step_resources_are_checked_by_executor(tmp_path: Path) -> None:
+    from thresher.pipelines.engine.errors import ThresherError
+    from thresher.pipelines.engine.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "stages:\n  - stage: exact-dedup\n    slurm: {gres: 'gpu:1', mem: 8G}\n    ray: {num_gpus: 1}\n"
+    )
+    step = load_recipe(recipe).steps[0]
+    assert step.resources == {"slurm": {"gres": "gpu:1", "mem": "8G"}, "ray": {"num_gpus": 1}}
+    recipe.write_text("stages:\n  - stage: exact-dedup\n    slurm: {gpus: 1}\n")
+    with pytest.raises(ThresherError, match=r"r.yaml:2: unknown `slurm:` key\(s\) gpus; allowed: args, cpus"):
+        load_recipe(recipe)
+    recipe.write_text("stages:\n  - stage: exact-dedup\n    ray: 4\n")
+    with pytest.raises(ThresherError, match="`ray:` must be a mapping"):
+        load_recipe(recipe)
+
+
+def test_every_step_resource_key_reaches_an_executor_option() -> None:
+    from thresher.cli.executor_options import EXECUTOR_KEYS, RAY_STEP_KEYS, SLURM_STEP_KEYS
+    from thresher.pipelines.engine.recipe import RESOURCE_KEYS
+
+    assert set(SLURM_STEP_KEYS) == RESOURCE_KEYS["slurm"] and set(RAY_STEP_KEYS) == RESOURCE_KEYS["ray"]
+    assert set(SLURM_STEP_KEYS.values()) | set(RAY_STEP_KEYS.values()) <= set(EXECUTOR_KEYS)

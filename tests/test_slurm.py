@@ -9,67 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from factories import parquet_bytes, random_corpus, write_shards
-from slurm_cluster import slurm_cluster
+from slurm_cluster import queued_jobs, table_rows, thresher, wait_for_text
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
-        yield env
-
-
-def thresher(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "thresher.cli", *args], capture_output=True, text=True, env=env
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"thresher {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
-
-def queued_jobs(env: dict[str, str], count: int) -> list[str]:
-    """Wait until `count` array jobs are in the queue; their ids, oldest first."""
-    jobs: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(jobs) < count:
-        listed = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, env=env)
-        jobs = sorted(set(listed.stdout.split()), key=int)
-        time.sleep(0.2)
-    assert len(jobs) == count, jobs
-    return jobs
-
-
-def table_rows(output: str) -> list[list[str]]:
-    """The body rows of a rich table as lists of stripped cells (wrapped cells are not joined)."""
-    return [
-        [c.strip() for c in line.split("│")[1:-1]]
-        for line in output.splitlines()
-        if line.startswith("│") and line.split("│")[1].strip()
-    ]
-
-
-def test_web_pretrain_recipe_on_slurm_equals_local(slurm: dict[str, str], tmp_path: Path) -> None:
-    recipe, data = str(REPO / "recipes" / "web-pretrain.yaml"), str(REPO / "sample_data" / "web.jsonl")
-    thresher(slurm, "run", recipe, "-i", data, "-o", str(tmp_path / "local"), "-q")
-    thresher(slurm, "run", recipe, "-i", data, "-o", str(tmp_path / "slurm"), "-q", "--executor", "slurm")
-
-    def steps_in(folder: Path) -> list[str]:
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_"))
-
-    steps = steps_in(tmp_path / "local")
-    assert steps == steps_in(tmp_path / "slurm") and len(steps) >= 3
-    for step in steps:
-        assert parquet_bytes(tmp_path / "slurm" / step) == parquet_bytes(tmp_path / "local" / step), step
-    logs = list((tmp_path / "slurm" / steps[-1] / "_thresher" / "slurm").glob("*.log"))
-    assert logs, "array tasks wrote no Slurm logs: did they run under Slurm?"
 
 
 def test_dry_run_writes_and_prints_scripts_without_submitting(slurm: dict[str, str], tmp_path: Path) -> None:
@@ -91,6 +36,8 @@ def test_dry_run_writes_and_prints_scripts_without_submitting(slurm: dict[str, s
         "2",
         "--slurm-time",
         "0:10:00",
+        "--tasks-per-job",
+        "1",
     )
     scripts = sorted((out / "_thresher" / "slurm").glob("*.sbatch"))
     assert [s.name for s in scripts] == ["00-hash.sbatch", "01-decide.sbatch", "02-filter.sbatch"]
@@ -121,6 +68,8 @@ def test_killed_array_task_is_reported_and_a_rerun_completes(slurm: dict[str, st
             "-q",
             "--executor",
             "slurm",
+            "--tasks-per-job",
+            "1",
             "--slurm-arg=--hold",
         ],
         stdout=subprocess.PIPE,
@@ -170,20 +119,10 @@ def test_sbatch_missing_or_failing_is_one_clear_line(slurm: dict[str, str], tmp_
     missing = thresher(
         no_slurm, "dedup", "exact", str(corpus), str(tmp_path / "b"), "--executor", "slurm", check=False
     )
-    assert missing.returncode == 1 and "sbatch not found" in missing.stderr
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert "not found: --executor slurm needs the Slurm client tools" in missing.stderr
     queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=slurm).stdout
     assert queue.strip() == ""
-
-
-def wait_for_text(path: Path, needles: tuple[str, ...], timeout: float = 60) -> str:
-    """Poll a log file until one of `needles` appears; return the text."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = path.read_text() if path.exists() else ""
-        if any(n in text for n in needles):
-            return text
-        time.sleep(0.2)
-    raise AssertionError(f"none of {needles} in {path}:\n{text}")
 
 
 def test_rerun_after_the_submitter_hung_up_adopts_its_queued_chain(

@@ -58,7 +58,7 @@ def test_status_and_inspect_show_every_recipe_step_while_it_runs(tmp_path: Path)
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
     seen: dict[str, str] = {}
-    run_recipe(load_recipe(recipe), corpus, out, executor=lambda: _LookDuringStep(out, seen))
+    run_recipe(load_recipe(recipe), corpus, out, executor=lambda resources: _LookDuringStep(out, seen))
 
     status = seen["status"]
     steps = [row[0] for row in _rows(status, "0")]

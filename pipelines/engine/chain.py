@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from thresher.pipelines.engine.errors import UsageError
-from thresher.pipelines.engine.executor import Executor, run_stage
+from thresher.pipelines.engine.executor import Executor, follow, run_stage
 from thresher.pipelines.engine.lock import output_lock
 from thresher.pipelines.engine.manifest import Manifest
 from thresher.pipelines.engine.progress import Reporter
 from thresher.pipelines.engine.recipe import Recipe, ResolvedStep, check_side_inputs, resolve
+from thresher.pipelines.engine.slurm.executor import DryRun
 from thresher.pipelines.engine.status import record_recipe_steps
 
 
@@ -29,7 +31,7 @@ def run_recipe(
     workers: int | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
-    executor: Callable[[], Executor | None] = lambda: None,
+    executor: Callable[[dict[str, dict[str, Any]]], Executor | None] = lambda resources: None,
 ) -> list[Manifest]:
     """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume."""
     source, root = Path(input_path).resolve(), Path(output).resolve()
@@ -44,20 +46,31 @@ def run_recipe(
     check_side_inputs(recipe, steps, seed)
     manifests = []
     output.mkdir(parents=True, exist_ok=True)
+    follow(executor(steps[0].step.resources), root)
     with output_lock(output):
         record_recipe_steps(output, [(s.output.name, s.step.stage.name) for s in steps])
-        for step in steps:
-            manifests.append(
-                run_stage(
-                    step.step.stage.name,
-                    step.params,
-                    stage_input(step),
-                    step.output,
-                    seed=seed,
-                    workers=workers,
-                    force=force,
-                    reporter=reporter,
-                    executor=executor(),
+        for position, step in enumerate(steps):
+            step_executor = executor(step.step.resources)
+            try:
+                manifests.append(
+                    run_stage(
+                        step.step.stage.name,
+                        step.params,
+                        stage_input(step),
+                        step.output,
+                        seed=seed,
+                        workers=workers,
+                        force=force,
+                        reporter=reporter,
+                        executor=step_executor,
+                    )
                 )
-            )
+            except DryRun:
+                # The steps after this one read what it makes, so they cannot be planned yet: show the
+                # jobs they will get, with their own resources.
+                for later in steps[position + 1 :]:
+                    stage = later.step.stage
+                    phases = stage.declared_phases() or ["<phase>"]
+                    executor(later.step.resources).show_later_step(stage.name, later.output, phases)  # type: ignore[union-attr]
+                raise
     return manifests

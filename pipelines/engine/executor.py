@@ -208,6 +208,22 @@ def execute_task(
     return record
 
 
+def pending_tasks(plan: Plan, phase_index: int, force: bool = False) -> list[int]:
+    """The tasks of a phase without a current record: what an executor still has to run."""
+    digests = _digest_index(plan, phase_index)
+    return [
+        i
+        for i in range(len(plan.phases[phase_index].tasks))
+        if force or not is_task_done(plan, phase_index, i, task_fingerprint(plan, phase_index, i, digests))
+    ]
+
+
+def rows_of(plan: Plan, phase_index: int, tasks: list[int]) -> int | None:
+    """Rows these tasks read, when the plan knows every one (for progress bars)."""
+    rows = [plan.phases[phase_index].tasks[i].rows for i in tasks]
+    return sum(r or 0 for r in rows) if rows and all(r is not None for r in rows) else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Local executor
 
@@ -250,17 +266,13 @@ class LocalExecutor:
     def _run_phases(self, plan: Plan) -> list[TaskRecord]:
         records: list[TaskRecord] = []
         for phase_index, phase in enumerate(plan.phases):
-            digests = _digest_index(plan, phase_index)
-            pending = [
-                i
-                for i in range(len(phase.tasks))
-                if self.force
-                or not is_task_done(plan, phase_index, i, task_fingerprint(plan, phase_index, i, digests))
-            ]
-            rows = [phase.tasks[i].rows for i in pending]
-            total_rows = sum(r for r in rows if r) if rows and all(r is not None for r in rows) else None
+            pending = pending_tasks(plan, phase_index, self.force)
             self.reporter.phase_started(
-                plan.stage, phase.name, len(phase.tasks), len(phase.tasks) - len(pending), total_rows
+                plan.stage,
+                phase.name,
+                len(phase.tasks),
+                len(phase.tasks) - len(pending),
+                rows_of(plan, phase_index, pending),
             )
             if self.workers == 1 or len(pending) <= 1:
                 for i in pending:
@@ -375,9 +387,17 @@ def _clear_keeping_lock(output: Path) -> None:
 
 
 class Executor(Protocol):
-    """Runs every phase of a planned stage; returns the records of all its tasks."""
+    """Runs every phase of a planned stage; returns the records of all its tasks. An executor whose work
+    outlives the command (a Slurm chain) may also have `follow(output)`, called before the output is
+    locked, to wait for or leave be what an earlier command left running there."""
 
     def run(self, plan: Plan) -> list[TaskRecord]: ...
+
+
+def follow(executor: Executor | None, output: Path) -> None:
+    hook = getattr(executor, "follow", None)
+    if hook is not None:
+        hook(output)
 
 
 def run_stage(
@@ -398,6 +418,7 @@ def run_stage(
     # Checked before taking the lock, so a wrong OUTPUT (the input, a file, someone else's folder) gets
     # no lock file written into it.
     _check_output(output, get_stage(stage_name).name, Path(input_path))
+    follow(executor, output)
     try:
         with output_lock(output):
             if force:

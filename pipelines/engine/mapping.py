@@ -147,6 +147,10 @@ class MapStage(Stage[P]):
     phase_name: ClassVar[str] = "map"
     batch_rows: ClassVar[int] = 8192
 
+    @classmethod
+    def declared_phases(cls) -> list[str]:
+        return [cls.phase_name]
+
     @abstractmethod
     def map_batch(self, batch: pa.RecordBatch, offset: int) -> BatchOutcome:
         """One batch of a shard; `offset` is the shard row index of the batch's first row."""

@@ -35,7 +35,13 @@ from thresher.pipelines.engine.stage import Stage, StageContext, StageParams
 
 _REF = re.compile(r"\{(input|output|steps\.[A-Za-z0-9_.-]+)\}")
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-STEP_KEYS = {"stage", "id", "input", "params"}
+# What a step may ask of each executor, overriding the command line's options for that step only, e.g.
+#   slurm: {gres: "gpu:1", mem: 16G}     ray: {num_gpus: 1}
+RESOURCE_KEYS = {
+    "slurm": {"partition", "time", "cpus", "mem", "gres", "max_concurrent", "args", "tasks_per_job"},
+    "ray": {"num_cpus", "num_gpus", "memory"},
+}
+STEP_KEYS = {"stage", "id", "input", "params", *RESOURCE_KEYS}
 # Nodes that aliases may add to a recipe once expanded, and how deep it may nest. A recipe needs a few
 # dozen of either; nine nested aliases of nine ("billion laughs") expand to 387 million nodes.
 ALIAS_BUDGET = 10_000
@@ -53,6 +59,7 @@ class Step:
     # Path-like values found neither beside the recipe nor in the working directory (a typo, a hub
     # model name): named in the hint when a side input is missing.
     unresolved: list[str] = field(default_factory=list)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def folder(self) -> str:
@@ -173,6 +180,7 @@ def load_recipe(path: Path) -> Recipe:
             raise ThresherError(f"{where}: `params:` must be a mapping")
         params, unresolved = _recipe_relative(params, folder, where)
         step = Step(index, step_id, get_stage(item["stage"]), item.get("input"), params, line, unresolved)
+        step.resources = _resources(item, where)
         for ref in [step.input, *_references(params)]:
             if ref in (None, "input", "output"):
                 continue
@@ -191,6 +199,24 @@ def load_recipe(path: Path) -> Recipe:
     if recipe.steps[0].input is None and recipe.steps[0].stage.input_kind == "shards":
         recipe.steps[0].input = "input"
     return recipe
+
+
+def _resources(item: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    found = {}
+    for executor, allowed in RESOURCE_KEYS.items():
+        value = item.get(executor)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ThresherError(f"{where}: `{executor}:` must be a mapping, e.g. {{{min(allowed)}: ...}}")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ThresherError(
+                f"{where}: unknown `{executor}:` key(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        found[executor] = dict(value)
+    return found
 
 
 def _exists(path: Path) -> bool:

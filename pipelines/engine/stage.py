@@ -290,6 +290,11 @@ class Stage(ABC, Generic[P]):
         self.counters = {}
         self.totals = RowCounts()
 
+    @classmethod
+    def declared_phases(cls) -> list[str]:
+        """The phase names known without planning (a dry run shows them for steps not planned yet)."""
+        return list(cls._phase_methods)
+
     def setup(self) -> None:
         """Run once per worker process before its first task of this stage (a pool worker, a Slurm array
         task, or the main process with one worker): load models here, onto `self`, not in each task.

@@ -19,7 +19,8 @@ from thresher.pipelines.engine.lock import lock_path
 from thresher.pipelines.engine.manifest import MANIFEST_NAME
 from thresher.pipelines.engine.plan import PLAN_NAME, Plan
 from thresher.pipelines.engine.shards import STATE_DIR
-from thresher.pipelines.engine.slurm import ENDED, ArrayTask, SlurmUnreachable, query_jobs, read_jobs
+from thresher.pipelines.engine.slurm.jobs import CONTINUE, SubmittedJob, read_jobs
+from thresher.pipelines.engine.slurm.queue import ENDED, ArrayTask, SlurmUnreachable, query_jobs
 
 RECIPE_STEPS = "recipe.json"
 # A status should come back in seconds even while the controller is slow; the submitter waits longer.
@@ -95,7 +96,7 @@ def step_status(folder: Path, stage: str | None = None, live: bool = True) -> St
         return StepStatus(folder, stage or "?", "pending", note="not started")
     plan = Plan.read(folder)
     finished = (folder / MANIFEST_NAME).exists()
-    queue, note = _slurm_queue(plan) if live and not finished else ({}, "")
+    queue, note, finishing = _slurm_queue(plan) if live and not finished else ({}, "", None)
     phases = []
     for phase_index in range(len(plan.phases)):
         blocked = any(p.failed or p.pending for p in phases)
@@ -108,6 +109,8 @@ def step_status(folder: Path, stage: str | None = None, live: bool = True) -> St
         state = "running"
     elif any(p.queued for p in phases):
         state = "queued"
+    elif finishing is not None:
+        state = "running" if finishing == "RUNNING" else "queued"
     elif _writer_alive(folder):
         state = "running"
     else:
@@ -115,51 +118,73 @@ def step_status(folder: Path, stage: str | None = None, live: bool = True) -> St
     return StepStatus(folder, plan.stage, state, phases, note)
 
 
-# Per phase: (job id, indices it was submitted with, its array tasks Slurm still knows, or None when
-# Slurm has forgotten the job).
-SlurmPhase = tuple[str, list[int], dict[int, ArrayTask] | None]
+# Per phase: the jobs submitted for it, each with the array elements Slurm still knows (None when Slurm
+# has forgotten the job).
+SlurmPhase = list[tuple[SubmittedJob, dict[int, ArrayTask] | None]]
 
 
-def _slurm_queue(plan: Plan) -> tuple[dict[int, SlurmPhase], str]:
+def _slurm_queue(plan: Plan) -> tuple[dict[int, SlurmPhase], str, str | None]:
+    """Per phase its jobs; a note; the state of the job that finishes a detached step, while it lives."""
     fingerprint, jobs = read_jobs(plan)
     if not jobs or fingerprint not in (None, plan.fingerprint) or shutil.which("squeue") is None:
-        return {}, ""
+        return {}, "", None
     try:
         known = query_jobs([j.job for j in jobs], SQUEUE_PATIENCE)
     except SlurmUnreachable as exc:
         known, note = {}, f"queue unknown: {exc}"
     else:
         note = ""
-    return {j.phase_index: (j.job, j.tasks, known.get(j.job)) for j in jobs}, note
+    phases: dict[int, SlurmPhase] = {}
+    finishing = None
+    for job in jobs:
+        if job.phase_index == CONTINUE:
+            state = next(iter(known.get(job.job, {}).values()), None)
+            if state is not None and state.state not in ENDED:
+                finishing = state.state
+                note = f"detached: job {job.job} finishes this step ({state.state.lower()})"
+            continue
+        phases.setdefault(job.phase_index, []).append((job, known.get(job.job)))
+    return phases, note, finishing
+
+
+def _element(slurm: SlurmPhase, index: int) -> tuple[str, int, dict[int, ArrayTask] | None, bool]:
+    """(job, array element, what Slurm knows of the job, whether it was submitted) for one task."""
+    for job, known in slurm:
+        element = job.element_of(index)
+        if element is not None:
+            return job.job, element, known, True
+    return "", 0, None, False
 
 
 def _phase_status(plan: Plan, phase_index: int, slurm: SlurmPhase | None, blocked: bool) -> PhaseStatus:
     status = PhaseStatus(plan.phases[phase_index].name)
-    job, submitted, known = slurm if slurm else ("", [], None)
     failures = []
+    live_jobs: set[str] = set()
     for i in range(len(plan.phases[phase_index].tasks)):
         if plan.record_path(phase_index, i).exists():
             status.done += 1
             continue
-        task = known.get(i) if known else None
+        job, element, known, submitted = _element(slurm or [], i)
+        task = known.get(element) if known else None
         if task is not None and task.state not in ENDED:
             status.pending += 1
             status.running += task.state == "RUNNING"
             status.queued += task.state != "RUNNING"
+            live_jobs.add(job)
             continue
         marker = _read_json(plan.failure_path(phase_index, i))
         if task is not None and task.state != "COMPLETED" and blocked and marker is None:
             # Cancelled because an earlier phase did not finish: it never started, and a rerun submits it.
             status.pending += 1
         elif task is not None and task.state != "COMPLETED":
-            failures.append(f"task {i}: {task.state}, job {job}_{i}" + _error_text(marker))
+            failures.append(f"task {i}: {task.state}, job {job}_{element}" + _error_text(marker))
         elif marker is not None:
             where = f", job {marker['slurm_job']}" if "slurm_job" in marker else ""
             failures.append(f"task {i}: {marker.get('slurm_state', 'failed')}{where}" + _error_text(marker))
-        elif known and i in submitted and not blocked:
+        elif known and submitted and not blocked:
             # Slurm drops a pending array index that is cancelled without a trace: the job is still known,
             # this index is not, and it left no record.
-            failures.append(f"task {i}: CANCELLED, job {job}_{i}")
+            failures.append(f"task {i}: CANCELLED, job {job}_{element}")
         else:
             status.pending += 1
     status.failed = len(failures)
@@ -167,7 +192,8 @@ def _phase_status(plan: Plan, phase_index: int, slurm: SlurmPhase | None, blocke
     if len(failures) > NOTES_PER_PHASE:
         status.notes.append(f"+{len(failures) - NOTES_PER_PHASE} more")
     if status.running or status.queued:
-        status.notes.insert(0, f"job {job}: {status.running} running, {status.queued} queued")
+        jobs = ", ".join(sorted(live_jobs, key=int))
+        status.notes.insert(0, f"job {jobs}: {status.running} running, {status.queued} queued")
     return status
 
 
