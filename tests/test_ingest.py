@@ -307,3 +307,51 @@ def test_no_rows_left_gives_an_empty_shard_later_stages_accept(
     result = cli("dedup", "exact", tmp_path / "out", tmp_path / "dedup", "--workers", "1", "-q")
     assert result.exit_code == 0, result.output
     assert read_rows(tmp_path / "dedup") == []
+
+
+def _both_readers(path: Path, batch_rows: int) -> tuple[list[pa.Table], list[pa.Table]]:
+    from thresher.pipelines.io import readers
+
+    return list(readers._jsonl_arrow(path, batch_rows)), list(readers._jsonl_lines(path, batch_rows))
+
+
+def test_arrow_json_reader_gives_the_line_parsers_tables(tmp_path: Path) -> None:
+    rows = [
+        {
+            "id": f"r{i}",
+            "text": f"text {i} ünïcödé",
+            "date": "2024-05-01T10:00:00" if i % 2 else "2024-05-02",  # stays a string, not a timestamp
+            "meta": {"score": i / 3, "tags": ["a", "b"][: i % 3], "when": "2024-01-01"},
+            **({"n": i} if i % 4 else {}),
+            "maybe": None if i < 5 else i,
+        }
+        for i in range(23)
+    ]
+    src = tmp_path / "docs.jsonl"
+    src.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) + ("\n\n" if i == 7 else "") for i, r in enumerate(rows))
+        + "\n"
+    )
+    for batch_rows in (5, 10, 100):
+        fast, lines = _both_readers(src, batch_rows)
+        assert [t.num_rows for t in fast] == [t.num_rows for t in lines]
+        for a, b in zip(fast, lines, strict=True):
+            assert a.schema == b.schema and a.equals(b)
+
+
+def test_jsonl_error_past_the_first_batch_still_names_its_line(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "docs.jsonl"
+    good = "".join(json.dumps({"id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(30))
+    src.write_text(good + '{"id": "bad", "text": \n' + good.replace('"d', '"e'))
+    result = cli("ingest", src, tmp_path / "out", "--batch-rows", "8", "--workers", "1", "-q")
+    assert result.exit_code == 1 and "docs.jsonl:31" in result.output and "malformed JSON" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_jsonl_type_change_after_the_first_batch_is_the_line_parsers_error(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "docs.jsonl"
+    rows = [{"id": f"d{i}", "text": "t", "n": 1} for i in range(10)] + [{"id": "x", "text": "t", "n": "one"}]
+    write_jsonl(src, rows)
+    result = cli("ingest", src, tmp_path / "out", "--batch-rows", "4", "--workers", "1", "-q")
+    # The line parser's own message, naming the lines of the batch that holds the change.
+    assert result.exit_code == 1 and "docs.jsonl:9-11: a key holds values of different types" in result.output

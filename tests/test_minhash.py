@@ -85,6 +85,31 @@ def test_band_choice_and_s_curve_follow_datasketch_and_simulation() -> None:
         assert abs(share - minhash.candidate_probability(s, bands, rows)) < 0.015
 
 
+@pytest.mark.parametrize("num_perm", [16, 128, 256])
+def test_band_choice_matches_datasketch_over_thresholds_and_weights(num_perm: int) -> None:
+    from datasketch.lsh import _optimal_param
+
+    for threshold in (0.5, 0.7, 0.8, 0.9, 0.95):
+        for weight in (0.1, 0.5, 0.9):
+            expected = _optimal_param(threshold, num_perm, 1 - weight, weight)
+            assert minhash.choose_bands(threshold, num_perm, weight) == tuple(expected)
+
+
+def test_permutations_are_datasketchs() -> None:
+    for num_perm, seed in ((64, 7), (128, 0), (256, 12345)):
+        a, b = minhash.permutations(num_perm, seed)
+        reference = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        assert np.array_equal(a, reference[0]) and np.array_equal(b, reference[1])
+        assert (a % 2 == 1).all()
+
+
+def test_signatures_of_batches_of_any_size_agree() -> None:
+    texts = pa.array([" ".join(WORDS[i : i + 40 + i % 7]) for i in range(200)] + ["", None, "a b"])
+    whole = minhash.signatures(texts, minhash.Shingling(), 128, 3)
+    pieces = [minhash.signatures(texts.slice(i, 17), minhash.Shingling(), 128, 3) for i in range(0, 203, 17)]
+    assert np.array_equal(whole, np.concatenate(pieces))
+
+
 def test_streaming_merge_equals_sorting_everything() -> None:
     rng = np.random.default_rng(1)
     runs, keys, docs = [], [], []
@@ -304,3 +329,16 @@ def test_bands_and_rows_must_come_together(tmp_path: Path) -> None:
         "dedup", "minhash", str(corpus), str(tmp_path / "o"), "--bands", "20", "--rows", "10", check=False
     )
     assert proc.returncode == 2 and "exceeds --num-perm" in proc.stderr
+
+
+def test_a_member_tries_at_most_max_clusters_of_its_component() -> None:
+    # Ten nodes, all far apart except 9, near only to 5: unbounded, 9 tries every cluster before it and
+    # joins 5's; with at most 3 clusters tried it stops early and stays on its own.
+    def similarity(i: int, j: int) -> float:
+        return 0.9 if {i, j} == {5, 9} else 0.1
+
+    order, labels = np.arange(10), np.zeros(10, np.int64)
+    head, comparisons = verify_clusters(order, labels, similarity, 0.8)
+    assert head[9] == 5 and comparisons == sum(range(10)) - 3
+    head, comparisons = verify_clusters(order, labels, similarity, 0.8, max_clusters=3)
+    assert head[9] == 9 and comparisons == 0 + 1 + 2 + 3 * 7

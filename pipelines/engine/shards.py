@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +43,17 @@ class Shard:
 @dataclass(frozen=True)
 class ShardPart:
     """Consecutive row groups of one shard, read by one task: row groups [first_group, end_group), whose
-    first row is row `first_row` of the shard. A whole shard is one part with end_group None."""
+    first row is row `first_row` of the shard. A whole shard is one part with end_group None.
+
+    A part may also be a slice of one row group (see `shard_parts(..., split_groups=True)`): then it
+    starts `skip` rows into group `first_group` and holds `rows` rows (`cut`)."""
 
     first_group: int
     end_group: int | None  # None: to the end of the shard
     first_row: int
     rows: int
+    skip: int = 0  # rows of the first group before this part's first row
+    cut: bool = False  # ends inside its last group: read exactly `rows` rows
 
     @property
     def whole(self) -> bool:
@@ -59,22 +65,35 @@ class ShardPart:
         if self.whole:
             return shard_name
         stem, dot, ext = shard_name.rpartition(".")
-        return f"{stem or ext}.rg{self.first_group:05d}{dot}{ext if stem else ''}"
+        at = f".r{self.first_row:010d}" if self.cut else ""
+        return f"{stem or ext}.rg{self.first_group:05d}{at}{dot}{ext if stem else ''}"
 
     def args(self) -> dict[str, int]:
         """Task args that say which part a task reads; none for a whole shard (so its plan is unchanged)."""
         if self.whole:
             return {}
-        return {
+        args = {
             "first_group": self.first_group,
             "end_group": self.end_group or 0,
             "first_row": self.first_row,
         }
+        if self.cut:
+            args |= {"skip": self.skip, "part_rows": self.rows}
+        return args
 
     @classmethod
     def from_args(cls, args: dict[str, int], rows: int | None = None) -> ShardPart:
         if "first_group" not in args:
             return cls(0, None, 0, rows or 0)
+        if "part_rows" in args:
+            return cls(
+                args["first_group"],
+                args["end_group"],
+                args["first_row"],
+                args["part_rows"],
+                args["skip"],
+                True,
+            )
         return cls(args["first_group"], args["end_group"], args["first_row"], rows or 0)
 
 
@@ -87,31 +106,50 @@ TARGET_TASKS = 128
 MIN_PART_ROWS = 16_384
 
 
-def shard_parts(shards: Sequence[Shard]) -> list[list[ShardPart]]:
+def shard_parts(shards: Sequence[Shard], split_groups: bool = False) -> list[list[ShardPart]]:
     """For each shard, the parts a shard-wise phase splits it into: one whole part unless the shard
-    holds more row groups than one task should read."""
+    holds more row groups than one task should read.
+
+    With `split_groups`, a row group bigger than a part is cut into slices too (a shard written as one
+    row group, as `pyarrow.parquet.write_table` writes up to a million rows). Each slice's task decodes
+    the group from its start up to the slice's end, so this suits phases whose work per row dwarfs
+    decoding (MinHash signatures), not ones that do little more than read (hashing for exact dedup)."""
     total = sum(s.num_rows for s in shards)
     part_rows = max(MIN_PART_ROWS, -(-total // TARGET_TASKS))
     parts: list[list[ShardPart]] = []
     for shard in shards:
-        if shard.num_rows <= part_rows or len(shard.row_groups) < 2:
+        groups = shard.row_groups
+        if shard.num_rows <= part_rows or (len(groups) < 2 and not (split_groups and groups)):
             parts.append([ShardPart(0, None, 0, shard.num_rows)])
             continue
         mine: list[ShardPart] = []
         start = row = rows = 0
-        for g, n in enumerate(shard.row_groups):
+        for g, n in enumerate(groups):
+            if split_groups and n > part_rows:
+                if rows:
+                    mine.append(ShardPart(start, g, row, rows))
+                    row, rows = row + rows, 0
+                pieces = -(-n // part_rows)
+                bounds = [n * k // pieces for k in range(pieces + 1)]
+                for lo, hi in itertools.pairwise(bounds):
+                    mine.append(ShardPart(g, g + 1, row + lo, hi - lo, lo, True))
+                start, row = g + 1, row + n
+                continue
             if rows and rows + n > part_rows:
                 mine.append(ShardPart(start, g, row, rows))
                 start, row, rows = g, row + rows, 0
             rows += n
-        mine.append(ShardPart(start, len(shard.row_groups), row, rows))
+        if rows:
+            mine.append(ShardPart(start, len(groups), row, rows))
         parts.append(mine if len(mine) > 1 else [ShardPart(0, None, 0, shard.num_rows)])
     return parts
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        # Buffered reads of a column chunk instead of pre-buffering whole row groups: a shard written as
+        # one big row group would otherwise be held in memory whole by every task that reads it.
+        return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except (pa.ArrowException, OSError) as exc:
         raise ThresherError(f"{path}: not a readable Parquet file (truncated or corrupt?): {exc}") from None
 
@@ -226,10 +264,20 @@ def iter_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Stream a shard (or one part of it) in record batches; a corrupt page surfaces as a one-line error
     naming the file."""
-    pf = _open_parquet(path)
+    cut = part is not None and part.cut
+    if cut:
+        # A slice of a row group is read through a 1 MB buffer: by default a task would hold the whole
+        # compressed column chunk (40 MB of text for 100k documents) to decode a few thousand rows of it.
+        try:
+            pf = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        except (pa.ArrowException, OSError):
+            pf = _open_parquet(path)  # for its one-line error
+    else:
+        pf = _open_parquet(path)
     groups = None
     if part is not None and not part.whole:
         groups = list(range(part.first_group, part.end_group or pf.metadata.num_row_groups))
+    skip, limit = (part.skip, part.rows) if part is not None and cut else (0, None)
     rows_read = 0
     try:
         batches = pf.iter_batches(
@@ -237,7 +285,17 @@ def iter_batches(
         )
         for batch in batches:
             rows_read += batch.num_rows
+            if skip:
+                dropped = min(skip, batch.num_rows)
+                batch, skip = batch.slice(dropped), skip - dropped
+                if batch.num_rows == 0:
+                    continue
+            if limit is not None:
+                batch = batch.slice(0, limit)
+                limit -= batch.num_rows
             yield batch
+            if limit == 0:
+                return
     except (pa.ArrowException, OSError) as exc:
         raise ThresherError(f"{path}: unreadable after row {rows_read}: {exc}") from None
 

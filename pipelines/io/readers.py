@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import gzip
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import IO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
@@ -117,7 +119,8 @@ def _open_text(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+def _jsonl_lines(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    """JSON lines parsed one line at a time: slow, but it can name the line at fault."""
     rows: list[dict[str, object]] = []
     linenos: list[int] = []  # line of each row in `rows`: blank lines hold no row
     schema: pa.Schema | None = None
@@ -153,6 +156,105 @@ def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
             raise ThresherError(f"{path}: cannot decompress or read ({exc})") from None
     if rows:
         yield _jsonl_table(rows, schema, path, linenos)[0]
+
+
+# Bytes of JSON lines each Arrow thread parses at a time.
+JSON_BLOCK_BYTES = 1 << 20
+
+
+def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    """JSON lines parsed by Arrow's multithreaded reader, `batch_rows` lines at a time, with the column
+    types and checks of the line parser (`_jsonl_lines`): each batch's types are inferred from that batch
+    alone and then joined to the earlier batches' schema the same way, so the shards come out the same.
+
+    Arrow stops at a bad line without naming it, and at a batch whose types do not join (a key holding
+    other types than before). The line parser then reads the file from the start, passing over the rows
+    already handed on: it names the bad line, or raises the error it always raised."""
+    handed = 0
+    try:
+        for table in _jsonl_arrow(path, batch_rows):
+            yield table
+            handed += table.num_rows
+        return
+    except (pa.ArrowException, OSError, EOFError, ValueError):
+        pass
+    for table in _jsonl_lines(path, batch_rows):
+        if handed >= table.num_rows:
+            handed -= table.num_rows
+            continue
+        yield table.slice(handed)
+        handed = 0
+
+
+def _jsonl_arrow(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    options = pajson.ReadOptions(block_size=JSON_BLOCK_BYTES)
+    schema: pa.Schema | None = None
+    with _open_text(path) as f:
+        while True:
+            # Blank lines hold no row and do not count, as in the line parser.
+            lines: list[bytes] = []
+            while len(lines) < batch_rows:
+                read = list(itertools.islice(f, batch_rows - len(lines)))
+                if not read:
+                    break
+                lines.extend(raw for raw in read if not raw.isspace())
+            if not lines:
+                return
+            data = b"".join(lines)
+            table = pajson.read_json(io.BytesIO(data), read_options=options)
+            if _has_timestamps(table.schema):
+                # Arrow reads strings that look like ISO 8601 dates as timestamps; the line parser keeps
+                # them as the strings they are. Read again with those columns as strings.
+                as_read = pa.schema([_timestamps_as_strings(f) for f in table.schema])
+                parse = pajson.ParseOptions(explicit_schema=as_read)
+                table = pajson.read_json(io.BytesIO(data), read_options=options, parse_options=parse)
+            # Arrow does not check that strings are UTF-8; full validation does, quickly.
+            table.validate(full=True)
+            if table.num_rows != len(lines):
+                raise ValueError("rows and lines differ")  # a line holding two objects: let the parser say
+            table, schema = _join_schema(table, schema)
+            # One chunk per column, as the line parser builds it: the Parquet writer's pages (and so the
+            # shards' bytes) follow the chunks it is handed.
+            yield table.combine_chunks()
+
+
+def _join_schema(table: pa.Table, schema: pa.Schema | None) -> tuple[pa.Table, pa.Schema]:
+    """A batch in the schema of the batches before it, as `_rows_to_table` builds it: the earlier
+    columns in their order and types (a null-typed one takes this batch's type), then keys new here."""
+    if schema is None:
+        return table, table.schema
+    names = set(table.schema.names)
+    joined = pa.schema(
+        [table.schema.field(f.name) if pa.types.is_null(f.type) and f.name in names else f for f in schema]
+        + [f for f in table.schema if f.name not in schema.names]
+    )
+    columns = [
+        table[f.name].cast(f.type) if f.name in names else pa.nulls(table.num_rows, f.type) for f in joined
+    ]
+    return pa.Table.from_arrays(columns, schema=joined), joined
+
+
+def _has_timestamps(schema: pa.Schema | pa.DataType) -> bool:
+    types = [f.type for f in schema] if isinstance(schema, pa.Schema) else [schema]
+    for kind in types:
+        if pa.types.is_timestamp(kind):
+            return True
+        if pa.types.is_struct(kind) and _has_timestamps(pa.schema(list(kind))):
+            return True
+        if pa.types.is_list(kind) and _has_timestamps(kind.value_type):
+            return True
+    return False
+
+
+def _timestamps_as_strings(f: pa.Field) -> pa.Field:
+    kind = f.type
+    if pa.types.is_timestamp(kind):
+        return f.with_type(pa.string())
+    if pa.types.is_struct(kind):
+        return f.with_type(pa.struct([_timestamps_as_strings(c) for c in kind]))
+    if pa.types.is_list(kind):
+        return f.with_type(pa.list_(_timestamps_as_strings(kind.value_field)))
+    return f
 
 
 def _lines(path: Path, first: int, last: int) -> str:

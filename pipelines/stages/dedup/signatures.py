@@ -24,9 +24,9 @@ U32 = np.uint32
 U64 = np.uint64
 _MIX = U64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection mod 2^64
 MAX_HASH = np.iinfo(np.uint32).max
-# Shingles hashed per numpy step: bounds the (shingles x permutations) matrix to a few tens of MB, so a
-# 10 MB document costs time, not memory.
-CHUNK_SHINGLES = 16_384
+# Shingles permuted per numpy step: the (permutations x shingles) block stays 4 MB at 128 permutations
+# (the fastest size measured), and a 10 MB document costs time, not memory.
+CHUNK_SHINGLES = 8192
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -49,12 +49,14 @@ def fmix32(h: np.ndarray) -> np.ndarray:
 
 @cache
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's affine32 permutation parameters (a, b) for this seed."""
-    from datasketch import MinHash
-
-    m = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
-    a, b = m.permutations
-    return a.astype(U32), b.astype(U32)
+    """datasketch's affine32 permutation parameters (a, b) for this seed: odd `a`, any `b`, drawn as its
+    `MinHash._init_permutations` draws them. Drawn here rather than by building a `datasketch.MinHash`,
+    whose import pulls in scipy: 35 MB and half a second in every worker process. A test checks the
+    signatures against datasketch's."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=U32) * U32(2) + U32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=U32)
+    return a, b
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,21 @@ def _normalised(texts: pa.Array, shingling: Shingling) -> pa.Array:
 
 def token_hashes(texts: pa.Array, shingling: Shingling) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 hash per token, offsets): tokens of document i are hashes[offsets[i]:offsets[i+1]]."""
-    norm = _normalised(texts, shingling)
+    if shingling.unit == "word" and not shingling.strip_punctuation:
+        # Splitting on whitespace runs gives the tokens `normalise` would leave, without its join and a
+        # second split (half the time of a batch); trimming first leaves no empty edge token.
+        norm = pc.utf8_trim_whitespace(pc.utf8_lower(texts) if shingling.lowercase else texts)
+        norm = pc.fill_null(norm, "")
+    else:
+        norm = _normalised(texts, shingling)
     # Empty text has no tokens (splitting "" would give one empty token): make it null first.
-    norm = pc.if_else(pc.equal(norm, ""), pa.scalar(None, pa.string()), norm)
+    norm = pc.if_else(pc.equal(norm, ""), pa.scalar(None, norm.type), norm)
     if shingling.unit == "word":
         tokens = pc.utf8_split_whitespace(norm)
         offsets = tokens.offsets.to_numpy().astype(np.int64)
         values = tokens.values
         if len(values) == 0:
-            return np.zeros(0, U64), offsets
+            return np.zeros(0, U64), offsets - offsets[0]
         encoded = pc.dictionary_encode(values)
         # One hash per distinct token of the batch: word frequencies are Zipfian, so far fewer calls than
         # tokens.
@@ -113,16 +121,23 @@ def shingle_hashes(tokens: np.ndarray, offsets: np.ndarray, ngram: int) -> tuple
     lengths = np.diff(offsets)
     windows = np.where(lengths >= ngram, lengths - ngram + 1, (lengths > 0).astype(np.int64))
     doc = np.repeat(np.arange(len(lengths)), windows)
-    # Start of each shingle: its document's first token plus its position among that document's shingles.
-    first = np.repeat(offsets[:-1], windows)
-    position = np.arange(len(doc)) - np.repeat(np.cumsum(windows) - windows, windows)
-    starts = first + position
     hashes = np.empty(len(doc), U32)
     full = np.repeat(lengths >= ngram, windows)
-    hashes[full] = _combine(tokens, starts[full], ngram)
-    for i in np.nonzero(~full)[0]:  # short documents: rare, so a loop is fine
-        length = int(lengths[doc[i]])
-        hashes[i] = _combine(tokens, starts[i : i + 1], length)[0]
+    count = len(tokens) - ngram + 1
+    if count > 0:
+        # The n-gram starting at every token, from shifted slices of the token array (no gathers); the
+        # windows that run past their document's end are then left out.
+        h = np.zeros(count, U64)
+        for j in range(ngram):
+            h *= _MIX
+            h += tokens[j : j + count]
+        left = np.repeat(offsets[1:], lengths)[:count] - np.arange(count)  # tokens from here to doc end
+        hashes[full] = (splitmix64(h[left >= ngram]) >> U64(32)).astype(U32)
+    if not full.all():
+        starts = np.repeat(offsets[:-1], windows)
+        for i in np.nonzero(~full)[0]:  # short documents: rare, so a loop is fine
+            length = int(lengths[doc[i]])
+            hashes[i] = _combine(tokens, starts[i : i + 1], length)[0]
     return hashes, doc
 
 
@@ -132,15 +147,20 @@ def signatures(texts: pa.Array, shingling: Shingling, num_perm: int, seed: int) 
     a, b = permutations(num_perm, seed)
     tokens, offsets = token_hashes(texts, shingling)
     hashes, doc = shingle_hashes(tokens, offsets, shingling.ngram)
-    sig = np.full((len(texts), num_perm), MAX_HASH, dtype=U32)
+    # Permutation-major: each permutation's row of a block is one contiguous run that `reduceat` sweeps,
+    # 4x faster than shingle-major rows of `num_perm` values.
+    sig = np.full((num_perm, len(texts)), MAX_HASH, dtype=U32)
+    block = np.empty((num_perm, CHUNK_SHINGLES), U32)
     for start in range(0, len(hashes), CHUNK_SHINGLES):
         h = fmix32(hashes[start : start + CHUNK_SHINGLES])
         d = doc[start : start + CHUNK_SHINGLES]
-        permuted = h[:, None] * a[None, :] + b[None, :]
+        permuted = block[:, : len(h)]
+        np.multiply(a[:, None], h[None, :], out=permuted)
+        permuted += b[:, None]
         seg = np.concatenate([[0], np.nonzero(np.diff(d))[0] + 1])
         docs = d[seg]
-        sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(permuted, seg, axis=0))
-    return sig
+        sig[:, docs] = np.minimum(sig[:, docs], np.minimum.reduceat(permuted, seg, axis=1))
+    return np.ascontiguousarray(sig.T)
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -161,9 +181,19 @@ def candidate_probability(similarity: float, bands: int, rows: int) -> float:
 
 
 def choose_bands(threshold: float, num_perm: int, false_negative_weight: float = 0.5) -> tuple[int, int]:
-    """datasketch's choice of (bands, rows): least weighted false-positive + false-negative mass."""
-    from datasketch import MinHashLSH
-
-    weights = (1.0 - false_negative_weight, false_negative_weight)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
-    return lsh.b, lsh.r
+    """datasketch's choice of (bands, rows): least weighted false-positive + false-negative mass, the
+    areas under and over the S-curve on either side of the threshold, searched over the same grid in the
+    same order (`MinHashLSH`'s `_optimal_param`). Integrated here with Gauss-Legendre nodes, exact for
+    the S-curve (a polynomial of degree bands x rows <= num_perm), instead of importing datasketch's LSH,
+    which pulls in scipy for `quad`; a test checks the choices agree."""
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+    below = threshold * (nodes + 1) / 2  # nodes mapped onto [0, threshold] and [threshold, 1]
+    above = threshold + (1 - threshold) * (nodes + 1) / 2
+    shapes = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    b = np.array([s[0] for s in shapes], float)[:, None]
+    r = np.array([s[1] for s in shapes], float)[:, None]
+    false_positive = (1 - (1 - below**r) ** b) @ weights * threshold / 2
+    false_negative = (1 - (1 - above**r) ** b) @ weights
+    false_negative = (1 - threshold) / 2 * (weights.sum() - false_negative)
+    error = false_positive * (1 - false_negative_weight) + false_negative * false_negative_weight
+    return shapes[int(np.argmin(error))]
