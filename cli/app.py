@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from thresher.cli import run_cmd, stage_commands
+from thresher.cli import ablate_cmd, run_cmd, stage_commands
 from thresher.cli.errors import ThresherGroup
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
 from thresher.cli.options import common_parameters, pop_common
@@ -278,6 +278,7 @@ class ExportFormat(enum.StrEnum):
     jsonl_zst = "jsonl.zst"
     parquet = "parquet"
     hf = "hf"
+    tokens = "tokens"
 
 
 @app.command("export")
@@ -286,7 +287,8 @@ def export_cmd(
     output: Annotated[
         Path,
         typer.Argument(
-            help="Output file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) or folder (--format hf).",
+            help="Output file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), folder (--format hf) or, for "
+            "--format tokens, the .bin file (PREFIX.bin; the index is PREFIX.idx).",
             show_default=False,
         ),
     ],
@@ -294,7 +296,10 @@ def export_cmd(
         ExportFormat | None,
         typer.Option(
             "--format",
-            help="hf is a `datasets` save_to_disk folder; default: from the output's name.",
+            help="hf is a `datasets` save_to_disk folder; tokens is a Megatron indexed dataset (PREFIX.bin: "
+            "token ids, uint16 for vocabularies up to 65,536 ids, else int32, each document followed by "
+            "the end-of-document id, in a seeded shuffled order; PREFIX.idx: tokens and byte offset per "
+            "document). Default: from the output's name.",
             show_default=False,
         ),
     ] = None,
@@ -307,23 +312,67 @@ def export_cmd(
             show_default=False,
         ),
     ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            help="--format tokens: a tokenizers JSON file or a transformers tokenizer folder (offline).",
+            show_default=False,
+        ),
+    ] = None,
+    eos_id: Annotated[
+        int | None,
+        typer.Option(
+            "--eos-id",
+            help="--format tokens: the id put after every document; default: the tokenizer's EOS.",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", help="--format tokens: seed of the document order (default 0).", show_default=False
+        ),
+    ] = None,
+    text_column: Annotated[
+        str | None,
+        typer.Option(
+            "--text-column",
+            help="--format tokens: the column to tokenize (default text).",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
 ) -> None:
-    """Write a shard set out as JSON lines, one Parquet file or a `datasets` folder, rows in shard order.
-    Beside it, OUTPUT.lineage.json records the source set, its manifest digest, every stage back to the
-    raw input with what each kept and dropped, and the exported file's digest.
+    """Write a shard set out as JSON lines, one Parquet file or a `datasets` folder, rows in shard order,
+    or as training-ready tokens (--format tokens). Beside it, OUTPUT.lineage.json records the source set,
+    its manifest digest, every stage back to the raw input with what each kept and dropped, and the
+    exported file's digest (for tokens also the index's, the tokenizer's, the EOS id and the seed).
 
-    Example:
+    Examples:
 
         thresher export data/05-quality train.jsonl.zst --columns id,text
+
+        thresher export data/05-quality train.bin --format tokens --tokenizer models/tokenizer.json
     """
-    from thresher.pipelines.io.export import export
+    from thresher.pipelines.io.export import TokenOptions, export
 
     wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    done = export(input_dir, output, fmt.value if fmt else None, columns=wanted, force=force)
+    tokens = None
+    if tokenizer is not None:
+        tokens = TokenOptions(tokenizer, eos_id, seed or 0, text_column or "text")
+    elif eos_id is not None or seed is not None or text_column is not None:
+        raise UsageError("--eos-id, --seed and --text-column go with --format tokens --tokenizer DIR")
+    done = export(input_dir, output, fmt.value if fmt else None, columns=wanted, force=force, tokens=tokens)
     if not quiet:
-        console.print(f"exported {done.rows:,} rows to {output} (lineage: {done.sidecar.name})")
+        if done.tokens is not None:
+            console.print(
+                f"exported {done.rows:,} documents, {done.tokens.tokens:,} tokens ({done.tokens.dtype}) to "
+                f"{done.output} (lineage: {done.sidecar.name})"
+            )
+        else:
+            console.print(f"exported {done.rows:,} rows to {output} (lineage: {done.sidecar.name})")
 
 
 @app.command("sample-data")
@@ -351,6 +400,7 @@ def sample_data(
 
 stage_commands.register(app, registry.stages())
 run_cmd.register(app)
+ablate_cmd.register(app)
 
 
 def main() -> None:
