@@ -258,6 +258,8 @@ def inspect_cmd(path: INPUT) -> None:
         ", ".join(f"{n}: {t}" for n, t in report.columns),
     )
     console.print(overview)
+    if report.tokens is not None:
+        console.print(f"tokens (sum of n_tokens): {report.tokens:,}")
     if report.quantiles or report.text_length:
         q = Table(title="quantiles")
         q.add_column("column")

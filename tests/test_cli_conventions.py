@@ -60,7 +60,7 @@ def test_help_names_values_not_python_types(cli: Cli) -> None:
     # Narrow terminals wrap long choice lists inside the table's cells: read the name off the option.
     export = typer.main.get_command(app).commands["export"]  # type: ignore[attr-defined]
     fmt = next(p for p in export.params if p.name == "fmt")
-    assert fmt.metavar == "jsonl|jsonl.gz|jsonl.zst|parquet|hf"
+    assert fmt.metavar == "jsonl|jsonl.gz|jsonl.zst|parquet|hf|tokens"
 
 
 def test_force_is_one_flag_everywhere(cli: Cli) -> None:

@@ -14,6 +14,7 @@ from conftest import Cli, read_manifest, read_rows
 from factories import write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
+from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.stages.heuristics.rules import (
     RULE_NAMES,
     Blocklists,
@@ -514,3 +515,35 @@ def test_example_blocklists_load() -> None:
     )
     assert "casino" in lists.words and "replica watches" in lists.phrases
     assert lists.domains == {"spam.example", "link-farm.example", "ads.example.net"}
+
+
+GERMAN = (
+    "Die Ernte kam in diesem Jahr spät, weil der Regen im Frühling die Felder bis in den Juni nass hielt. "
+    "Die Bauern im Tal warteten mit ihren Maschinen und beobachteten den Himmel und den Boden.\n\n"
+    "Als der Weizen endlich reif war, arbeiteten ganze Familien von morgens bis abends, um ihn vor den "
+    "Stürmen im Herbst einzubringen. Die alten Tennen wurden sauber gefegt, und die Mühle am Fluss lief "
+    "Tag und Nacht.\n\n"
+    "Im Oktober waren die Scheunen voll, und das Dorf hielt seinen ersten Markt seit der Flut ab. Kinder "
+    "verkauften Äpfel, Bäcker brachten frisches Brot, und der Bürgermeister dankte allen, die bei der "
+    "Arbeit geholfen hatten."
+)
+
+
+def test_stop_words_follow_the_language(cli: Cli, tmp_path: Path) -> None:
+    table = pa.table({"id": ["de", "en"], "text": [GERMAN, GOOD]})
+    write_shards(table, tmp_path / "in", rows_per_shard=10)
+
+    def run(*args: str) -> tuple[list[str], dict[str, str]]:
+        out = tmp_path / "-".join(args or ("default",))
+        result = cli("heuristics", tmp_path / "in", out, "-w", "1", "-q", *args)
+        assert result.exit_code == 0, result.output
+        dropped = pq.read_table(out / "_dropped").to_pylist() if (out / "_dropped").exists() else []
+        return [r["id"] for r in read_rows(out)], {r["id"]: r["reason"] for r in dropped}
+
+    # English by default: the German page has none of Gopher's eight, and that is the only rule it trips.
+    assert run() == (["en"], {"de": "gopher_stop_words"})
+    assert run("--stop-words-lang", "de") == (["de"], {"en": "gopher_stop_words"})
+    assert run("--stop-words-lang", "none") == (["de", "en"], {})
+    assert "gopher_stop_words" not in HeuristicsParams(stop_words_lang="none").active_rules()
+    with pytest.raises(UsageError, match="contradict"):
+        HeuristicsParams(rules=["gopher_stop_words"], stop_words_lang="none").active_rules()

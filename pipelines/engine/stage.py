@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from thresher.pipelines.engine.atomic import atomic_path
 from thresher.pipelines.engine.digest import file_digest
+from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import FileRecord, RowCounts, TaskRecord
 from thresher.pipelines.engine.shards import DROPPED_DIR, STATE_DIR, ShardSet, ShardWriter
 
@@ -316,6 +317,17 @@ class Stage(ABC, Generic[P]):
     def raw_inputs(self) -> list[Path]:
         """Files or dataset folders a files-kind stage reads; their digests join the fingerprint."""
         return []
+
+    def check_new_columns(self, columns: list[str]) -> None:
+        """A stage that adds these columns stops before any task if an input shard already has one."""
+        assert self.ctx.input is not None
+        for shard in self.ctx.input.shards:
+            names = shard.schema.names if shard.schema is not None else []
+            for column in columns:
+                if column in names:
+                    raise UsageError(
+                        f"{shard.path}: already has column '{column}'; drop it before this stage"
+                    )
 
     def side_inputs(self) -> list[Path]:
         """Files besides the input shard set that the output depends on (a model, a blocklist, another

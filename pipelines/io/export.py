@@ -1,5 +1,7 @@
-"""Writing a shard set out of thresher: JSON lines (plain, gzip, zstd), one Parquet file, or a `datasets`
-save_to_disk folder, with a lineage sidecar saying what was exported from what."""
+"""Writing a shard set out of thresher: JSON lines (plain, gzip, zstd), one Parquet file, a `datasets`
+save_to_disk folder, or training-ready tokens (`tokens`: a Megatron indexed dataset, `.bin` + `.idx`,
+documents shuffled by a seed; its layout is in `tokens`), with a lineage sidecar saying what was exported
+from what."""
 
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
 from thresher.pipelines.engine.manifest import MANIFEST_NAME, library_versions
 from thresher.pipelines.engine.shards import Shard, ShardSet, iter_batches
+from thresher.pipelines.io.tokens import TokenFiles, TokenSummary, write_tokens
 from thresher.pipelines.report.inspect import lineage
 
-FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "hf")
+FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet", "hf", "tokens")
 SIDECAR_SUFFIX = ".lineage.json"
 
 
@@ -31,6 +34,18 @@ class Exported:
     rows: int
     output: Path
     sidecar: Path
+    tokens: TokenSummary | None = None  # for the tokens format
+
+
+@dataclass(frozen=True)
+class TokenOptions:
+    """What the tokens format needs: the tokenizer (a tokenizers JSON file or a transformers folder), the
+    end-of-document id when not the tokenizer's own, the shuffle seed and the text column."""
+
+    tokenizer: Path
+    eos_id: int | None = None
+    seed: int = 0
+    text_column: str = "text"
 
 
 def sidecar_for(output: Path) -> Path:
@@ -47,7 +62,7 @@ def format_for(output: Path, fmt: str | None) -> str:
             return suffix
     raise UsageError(
         f"{output}: cannot tell the format from the name; end it in .jsonl, .jsonl.gz, .jsonl.zst or "
-        ".parquet, or pass --format hf for a `datasets` folder"
+        ".parquet, or pass --format hf for a `datasets` folder (--format tokens for token ids)"
     )
 
 
@@ -63,13 +78,13 @@ def _compressed(raw: IO[bytes], fmt: str) -> IO[bytes]:
     return raw
 
 
-def _check_columns(shard_set: ShardSet, columns: Sequence[str]) -> None:
+def _check_columns(shard_set: ShardSet, columns: Sequence[str], flag: str = "--columns") -> None:
     for shard in shard_set.shards:
         names = shard.schema.names if shard.schema is not None else []
         missing = [c for c in columns if c not in names]
         if missing:
             raise UsageError(
-                f"{shard.path}: no column {', '.join(repr(c) for c in missing)} for --columns; "
+                f"{shard.path}: no column {', '.join(repr(c) for c in missing)} for {flag}; "
                 f"columns are: {', '.join(names)}"
             )
 
@@ -96,32 +111,91 @@ def export(
     *,
     columns: Sequence[str] | None = None,
     force: bool = False,
+    tokens: TokenOptions | None = None,
 ) -> Exported:
-    """Export every row in shard order (only `columns`, in that order, when given)."""
-    shard_set = ShardSet.open(input_dir, required_columns=())
+    """Export every row in shard order (only `columns`, in that order, when given); for the tokens
+    format, every row's tokens in a seeded shuffled order (`tokens` says how)."""
     fmt = format_for(output, fmt)
+    if (fmt == "tokens") != (tokens is not None):
+        raise UsageError(
+            "--format tokens needs --tokenizer"
+            if tokens is None
+            else f"--tokenizer, --eos-id and --seed go with --format tokens, not {fmt}"
+        )
+    if tokens is not None and columns:
+        raise UsageError("--columns does not go with --format tokens; name the text with --text-column")
+    shard_set = ShardSet.open(input_dir, required_columns=())
     columns = list(columns) if columns else None
     if columns:
         _check_columns(shard_set, columns)
     if fmt in ("hf", "parquet") and not columns:
         _one_schema(shard_set, fmt)
+    files: TokenFiles | None = None
+    if tokens is not None:
+        _check_columns(shard_set, [tokens.text_column], flag="--text-column")
+        files = TokenFiles.for_output(output)
+        output = files.bin
     sidecar = sidecar_for(output)
-    if (output.exists() or sidecar.exists()) and not force:
+    existing = [output, sidecar, *([files.idx] if files else [])]
+    if any(p.exists() for p in existing) and not force:
         raise UsageError(f"{output}: already exists; pass --force to replace it, or choose another path")
     landed = False
+    summary: TokenSummary | None = None
     try:
-        if fmt == "hf":
+        if files is not None and tokens is not None:
+            summary = _export_tokens(shard_set, files, tokens)
+            rows = summary.documents
+        elif fmt == "hf":
             rows = _export_hf(shard_set, output, columns, force)
         else:
             with atomic_path(output) as tmp:
                 rows = (_write_parquet if fmt == "parquet" else _write_jsonl)(shard_set, tmp, fmt, columns)
         landed = True
-        _write_sidecar(shard_set, output, sidecar, fmt, columns, rows)
+        extra = _token_lineage(files, tokens, summary) if files and tokens and summary else None
+        exported_columns = [tokens.text_column] if tokens is not None else columns
+        _write_sidecar(shard_set, output, sidecar, fmt, exported_columns, rows, extra)
     except OSError as exc:
         if landed:  # an export without its sidecar is a partial output: take it away too
             shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
+            if files is not None:
+                files.idx.unlink(missing_ok=True)
         raise filesystem_error(exc, output) from None
-    return Exported(rows, output, sidecar)
+    return Exported(rows, output, sidecar, summary)
+
+
+def _export_tokens(shard_set: ShardSet, files: TokenFiles, options: TokenOptions) -> TokenSummary:
+    from thresher.pipelines.stages.tokenize.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(options.tokenizer)
+    eos_id = options.eos_id if options.eos_id is not None else tokenizer.eos_id
+    if eos_id is None:
+        raise UsageError(f"--tokenizer {options.tokenizer}: names no end-of-document token; pass --eos-id ID")
+    if not 0 <= eos_id < tokenizer.vocab_size:
+        raise UsageError(f"--eos-id {eos_id}: outside the tokenizer's {tokenizer.vocab_size:,} ids")
+    return write_tokens(
+        shard_set, files, tokenizer, eos_id=eos_id, seed=options.seed, text_column=options.text_column
+    )
+
+
+def _token_lineage(files: TokenFiles, options: TokenOptions, summary: TokenSummary) -> dict[str, object]:
+    from thresher.pipelines.engine.plan import path_digest
+
+    return {
+        "tokens": {
+            "index": files.idx.name,
+            "index_digest": file_digest(files.idx),
+            "layout": "megatron-mmap-indexed-dataset",
+            "dtype": summary.dtype,
+            "documents": summary.documents,
+            "tokens": summary.tokens,
+            "eos_id": summary.eos_id,
+            "seed": options.seed,
+            "order": "numpy.random.default_rng(seed).permutation(rows), rows in shard order",
+            "text_column": options.text_column,
+            "tokenizer": str(options.tokenizer.resolve()),
+            "tokenizer_digest": path_digest(options.tokenizer),
+        }
+    }
 
 
 def _write_jsonl(shard_set: ShardSet, tmp: Path, fmt: str, columns: list[str] | None) -> int:
@@ -182,7 +256,13 @@ def _export_hf(shard_set: ShardSet, output: Path, columns: list[str] | None, for
 
 
 def _write_sidecar(
-    shard_set: ShardSet, output: Path, sidecar: Path, fmt: str, columns: list[str] | None, rows: int
+    shard_set: ShardSet,
+    output: Path,
+    sidecar: Path,
+    fmt: str,
+    columns: list[str] | None,
+    rows: int,
+    extra: dict[str, object] | None = None,
 ) -> None:
     """What this file is: the shard set it came from (and that set's manifest digest), the stages back to
     the raw input with what each kept and dropped, and the exported file's own digest."""
@@ -205,6 +285,7 @@ def _write_sidecar(
                 for step in lineage(shard_set.root)
             ],
             "versions": library_versions(),
+            **(extra or {}),
         },
     )
 

@@ -15,6 +15,7 @@ from thresher.pipelines.engine.shards import ShardSet, iter_batches
 from thresher.pipelines.engine.status import is_recipe_output, run_status
 
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
+TOKENS_COLUMN = "n_tokens"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ShardSetReport:
     quantiles: dict[str, list[float]]  # numeric column -> values at QUANTILES
     text_length: list[float]  # characters of `text` at QUANTILES, when there is a text column
     lineage: list[LineageStep]  # this set first, back to ingest
+    tokens: int | None = None  # the sum of `n_tokens` (what `thresher tokenize` adds), when there is one
 
 
 @dataclass
@@ -96,6 +98,8 @@ def describe(path: Path) -> ShardSetReport:
     sketches = {name: kll_doubles_sketch(200) for name in numeric}
     length_sketch = kll_doubles_sketch(200)
     columns = [*numeric, *(["text"] if has_text else [])]
+    # Summed exactly, not from the sketch: a later stage that keeps the column keeps a true total.
+    tokens = 0 if TOKENS_COLUMN in numeric else None
     if columns:
         for shard in shard_set.shards:
             for batch in iter_batches(shard.path, columns):
@@ -103,6 +107,8 @@ def describe(path: Path) -> ShardSetReport:
                     values = batch.column(name).drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
                     if len(values):
                         sketches[name].update(values)
+                if tokens is not None:
+                    tokens += int(pc.sum(batch.column(TOKENS_COLUMN)).as_py() or 0)
                 if has_text:
                     lengths = pc.utf8_length(batch.column("text")).drop_null().to_numpy(zero_copy_only=False)
                     if len(lengths):
@@ -119,4 +125,5 @@ def describe(path: Path) -> ShardSetReport:
         quantiles=quantiles,
         text_length=text_length,
         lineage=lineage(path),
+        tokens=tokens,
     )

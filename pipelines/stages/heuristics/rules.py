@@ -21,7 +21,8 @@ Gopher quality filters (appendix A.1.1)
   gopher_ellipsis_lines       more than 30% of lines end in an ellipsis
   gopher_alpha_words          fewer than 80% of words contain a letter
   gopher_stop_words           fewer than 2 distinct words of: the, be, to, of, and, that, have, with
-                              (normalised words, so case does not matter)
+                              (normalised words, so case does not matter); `--stop-words-lang` picks
+                              another language's eight (`STOP_WORDS`), `none` turns the rule off
 Gopher repetition filters (Table A1)
   gopher_dup_lines            more than 30% of lines repeat an earlier line
   gopher_dup_line_chars       more than 20% of characters are in repeated lines
@@ -72,6 +73,17 @@ if TYPE_CHECKING:
 
 # Gopher's stop words: a document of English prose uses at least two of them.
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+# The same test for other languages: eight of each one's most frequent function words, chosen here (Gopher
+# gives only English), so a page of German prose is not dropped for lacking English ones.
+STOP_WORDS: dict[str, tuple[str, ...]] = {
+    "en": GOPHER_STOP_WORDS,
+    "de": ("der", "die", "das", "und", "zu", "von", "mit", "ist"),
+    "fr": ("le", "la", "de", "et", "les", "des", "que", "est"),
+    "es": ("el", "la", "de", "que", "y", "en", "los", "es"),
+    "it": ("il", "di", "che", "e", "la", "per", "un", "non"),
+    "pt": ("de", "que", "o", "a", "e", "do", "da", "em"),
+    "nl": ("de", "het", "een", "en", "van", "is", "dat", "op"),
+}
 # Bullets, dashes (hyphen, en dash) and arrows that start list lines; escapes keep look-alikes readable.
 _BULLET = "^[\u2022\u2023\u25e6\u25aa\u25cf\u25cb\u25a0\u25a1\u27a2\u25ba*\\-\u2013]"
 _ELLIPSIS = r"(\.\.\.|…)$"
@@ -166,13 +178,14 @@ def alpha_words(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcom
 def stop_words(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
     """Distinct stop words per document: Gopher asks for two of the eight, so one short word repeated
     (a Polish page's "to", navigation's "Jump to") is not English prose. The words are lowercased, which
-    for these ASCII words is the same as case folding."""
+    for these words is the same as case folding."""
     words = tb.normalised_words
-    which = pc.fill_null(pc.index_in(words.values, pa.array(GOPHER_STOP_WORDS)), -1)
+    listed = STOP_WORDS[p.stop_words_lang]
+    which = pc.fill_null(pc.index_in(words.values, pa.array(listed)), -1)
     which = which.to_numpy(zero_copy_only=False)
     hit = which >= 0
     # A document-by-stop-word table of "seen" marks: linear, where a unique over (doc, word) pairs sorts.
-    seen = np.zeros((tb.n, len(GOPHER_STOP_WORDS)), dtype=bool)
+    seen = np.zeros((tb.n, len(listed)), dtype=bool)
     seen[words.doc[hit], which[hit]] = True
     distinct = seen.sum(axis=1)
     return RuleOutcome(distinct < p.min_stop_words, distinct, f"distinct stop words < {p.min_stop_words}")
@@ -457,7 +470,7 @@ RULES: tuple[Rule, ...] = (
     Rule("gopher_bullet_lines", "gopher", bullet_lines, "too many lines start with a bullet"),
     Rule("gopher_ellipsis_lines", "gopher", ellipsis_lines, "too many lines end in an ellipsis"),
     Rule("gopher_alpha_words", "gopher", alpha_words, "too few words contain a letter"),
-    Rule("gopher_stop_words", "gopher", stop_words, "too few English stop words"),
+    Rule("gopher_stop_words", "gopher", stop_words, "too few stop words of the language"),
     Rule("gopher_dup_lines", "gopher", dup_lines, "too many repeated lines"),
     Rule("gopher_dup_line_chars", "gopher", dup_line_chars, "too many characters in repeated lines"),
     Rule("gopher_dup_paragraphs", "gopher", dup_paragraphs, "too many repeated paragraphs"),

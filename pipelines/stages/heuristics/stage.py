@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -75,7 +75,12 @@ class HeuristicsParams(StageParams):
         0.8, ge=0, le=1, description="gopher_alpha_words: fewest words with a letter (share)."
     )
     min_stop_words: int = Field(
-        2, ge=0, description="gopher_stop_words: fewest distinct English stop words (of Gopher's eight)."
+        2, ge=0, description="gopher_stop_words: fewest distinct stop words (of the language's eight)."
+    )
+    stop_words_lang: Literal["en", "de", "fr", "es", "it", "pt", "nl", "none"] = Field(
+        "en",
+        description="gopher_stop_words: whose stop words to count (en: Gopher's eight); none turns the "
+        "rule off.",
     )
     max_dup_lines: float = Field(0.3, ge=0, le=1, description="gopher_dup_lines: most repeated lines.")
     max_dup_line_chars: float = Field(
@@ -157,6 +162,10 @@ class HeuristicsParams(StageParams):
 
     def active_rules(self) -> tuple[str, ...]:
         names = set(expand_rules(self.rules))
+        if self.stop_words_lang == "none":
+            if "gopher_stop_words" in self.rules:
+                raise UsageError("--rules gopher_stop_words and --stop-words-lang none contradict each other")
+            names.discard("gopher_stop_words")
         for name, files in (("word_blocklist", self.word_blocklist), ("url_blocklist", self.url_blocklist)):
             if files:
                 names.add(name)

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import FileRecord
 from thresher.pipelines.engine.shards import ID_COLUMN
 from thresher.pipelines.engine.stage import Stage, StageParams, TaskContext
@@ -98,16 +97,6 @@ class InstructionStage(Stage):
             inputs,
             batch.column(p.output_column).to_pylist(),
         )
-
-    def check_new_columns(self, columns: list[str]) -> None:
-        assert self.ctx.input is not None
-        for shard in self.ctx.input.shards:
-            names = shard.schema.names if shard.schema is not None else []
-            for column in columns:
-                if column in names:
-                    raise UsageError(
-                        f"{shard.path}: already has column '{column}'; drop it before this stage"
-                    )
 
 
 def record_file(tc: TaskContext, path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The decontaminate stage."""

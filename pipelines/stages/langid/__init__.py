@@ -1,0 +1,1 @@
+"""The langid stage."""
