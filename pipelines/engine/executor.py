@@ -218,6 +218,29 @@ def pending_tasks(plan: Plan, phase_index: int, force: bool = False) -> list[int
     ]
 
 
+def start_phase(plan: Plan, phase_index: int, reporter: Reporter, force: bool = False) -> list[int]:
+    """The phase's pending tasks, announced to the reporter (with the rows they read, when known)."""
+    phase = plan.phases[phase_index]
+    pending = pending_tasks(plan, phase_index, force)
+    done = len(phase.tasks) - len(pending)
+    reporter.phase_started(
+        plan.stage, phase.name, len(phase.tasks), done, rows_of(plan, phase_index, pending)
+    )
+    return pending
+
+
+def phase_records(plan: Plan, phase_index: int) -> list[TaskRecord]:
+    """Every task record of a finished phase, in task order."""
+    phase = plan.phases[phase_index]
+    records = []
+    for i in range(len(phase.tasks)):
+        record = plan.read_record(phase_index, i)
+        if record is None:
+            raise ThresherError(f"{plan.output}: {phase.name} task {i} has no record")
+        records.append(record)
+    return records
+
+
 def rows_of(plan: Plan, phase_index: int, tasks: list[int]) -> int | None:
     """Rows these tasks read, when the plan knows every one (for progress bars)."""
     rows = [plan.phases[phase_index].tasks[i].rows for i in tasks]
@@ -266,14 +289,7 @@ class LocalExecutor:
     def _run_phases(self, plan: Plan) -> list[TaskRecord]:
         records: list[TaskRecord] = []
         for phase_index, phase in enumerate(plan.phases):
-            pending = pending_tasks(plan, phase_index, self.force)
-            self.reporter.phase_started(
-                plan.stage,
-                phase.name,
-                len(phase.tasks),
-                len(phase.tasks) - len(pending),
-                rows_of(plan, phase_index, pending),
-            )
+            pending = start_phase(plan, phase_index, self.reporter, self.force)
             if self.workers == 1 or len(pending) <= 1:
                 for i in pending:
                     self.reporter.task_finished(
@@ -282,10 +298,7 @@ class LocalExecutor:
             else:
                 self._run_pool(plan, phase_index, pending)
             self.reporter.phase_finished(phase.name)
-            for i in range(len(phase.tasks)):
-                record = plan.read_record(phase_index, i)
-                assert record is not None
-                records.append(record)
+            records += phase_records(plan, phase_index)
         return records
 
     def _run_pool(self, plan: Plan, phase_index: int, pending: list[int]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.pipelines.engine.errors import IncompleteRun, ThresherError
-from thresher.pipelines.engine.executor import execute_task, pending_tasks, rows_of
+from thresher.pipelines.engine.executor import execute_task, phase_records, start_phase
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.plan import Plan
 from thresher.pipelines.engine.progress import Reporter, SilentReporter
@@ -98,21 +98,10 @@ class RayExecutor:
         remote = ray.remote(_run_task).options(max_retries=0, **resources)
         records: list[TaskRecord] = []
         for phase_index, phase in enumerate(plan.phases):
-            pending = pending_tasks(plan, phase_index)
-            self.reporter.phase_started(
-                plan.stage,
-                phase.name,
-                len(phase.tasks),
-                len(phase.tasks) - len(pending),
-                rows_of(plan, phase_index, pending),
-            )
+            pending = start_phase(plan, phase_index, self.reporter)
             self._run_phase(ray, remote, plan, phase_index, pending)
             self.reporter.phase_finished(phase.name)
-            for i in range(len(phase.tasks)):
-                record = plan.read_record(phase_index, i)
-                if record is None:
-                    raise ThresherError(f"{plan.output}: {phase.name} task {i} has no record")
-                records.append(record)
+            records += phase_records(plan, phase_index)
         return records
 
     def _run_phase(self, ray: Any, remote: Any, plan: Plan, phase_index: int, pending: list[int]) -> None:

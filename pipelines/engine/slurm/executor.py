@@ -17,7 +17,7 @@ from pathlib import Path
 
 from thresher.pipelines.engine import atomic
 from thresher.pipelines.engine.errors import IncompleteRun, ThresherError
-from thresher.pipelines.engine.executor import pending_tasks
+from thresher.pipelines.engine.executor import pending_tasks, phase_records
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.plan import Plan
 from thresher.pipelines.engine.progress import Reporter, SilentReporter
@@ -329,14 +329,7 @@ class SlurmExecutor:
         return str(marker["error"])
 
     def _records(self, plan: Plan) -> list[TaskRecord]:
-        records = []
-        for phase_index, phase in enumerate(plan.phases):
-            for i in range(len(phase.tasks)):
-                record = plan.read_record(phase_index, i)
-                if record is None:
-                    raise ThresherError(f"{plan.output}: {phase.name} task {i} has no record")
-                records.append(record)
-        return records
+        return [r for i in range(len(plan.phases)) for r in phase_records(plan, i)]
 
 
 def _after(job_ids: list[str]) -> list[str]:
