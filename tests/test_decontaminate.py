@@ -15,7 +15,7 @@ from factories import WORDS, run_cli, write_shards
 from test_bad_input import assert_no_output, assert_user_error
 
 from thresher.pipelines.stages.decontaminate.eval_index import EvalIndex
-from thresher.pipelines.stages.decontaminate.ngrams import ngram_hashes
+from thresher.pipelines.text.ngrams import ngram_hashes
 
 # Evaluation text from words the documents never use, so only planted passages can match.
 EVAL_WORDS = (

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from thresher.pipelines.engine.atomic import atomic_path
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.io.readers import read_source
-from thresher.pipelines.stages.decontaminate.ngrams import ngram_hashes
+from thresher.pipelines.text.ngrams import ngram_hashes
 
 BATCH_ROWS = 4096
 

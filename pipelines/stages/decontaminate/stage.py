@@ -37,7 +37,7 @@ from thresher.pipelines.engine.stage import (
     phase,
 )
 from thresher.pipelines.stages.decontaminate.eval_index import EvalIndex, check_eval_file
-from thresher.pipelines.stages.decontaminate.ngrams import ngram_hashes
+from thresher.pipelines.text.ngrams import ngram_hashes
 
 REASON = "contaminated"
 TAG_COLUMNS = ("contaminated", "contaminated_by")

@@ -56,6 +56,7 @@ from thresher.pipelines.stages.dedup.lsh_merge import (
     star_edges,
 )
 from thresher.pipelines.stages.dedup.verify import VerifyMode, jaccard, shingle_sets, verify_clusters
+from thresher.pipelines.text.hashing import splitmix64
 
 REASON = "near_duplicate"
 CLUSTER_COLUMN = "minhash_cluster"
@@ -362,7 +363,7 @@ class MinHashDedup(Stage):
         keeper_of_label[labels[order][is_first]] = nodes[order][is_first]
         keeper = keeper_of_label[labels]
         buckets = task.args["buckets"]
-        bucket = (minhash.splitmix64(keeper.astype(np.uint64)) % np.uint64(buckets)).astype(np.int32)
+        bucket = (splitmix64(keeper.astype(np.uint64)) % np.uint64(buckets)).astype(np.int32)
         table = pa.table(
             {"doc": nodes, "keeper": keeper, "preference": preference, "bucket": bucket},
             schema=COMPONENT_SCHEMA,

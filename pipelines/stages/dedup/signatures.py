@@ -18,24 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from thresher.pipelines.text.hashing import MIX, splitmix64
 from thresher.pipelines.text.normalize import normalise
 
 U32 = np.uint32
 U64 = np.uint64
-_MIX = U64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection mod 2^64
 MAX_HASH = np.iinfo(np.uint32).max
 # Shingles permuted per numpy step: the (permutations x shingles) block stays 4 MB at 128 permutations
 # (the fastest size measured), and a 10 MB document costs time, not memory.
 CHUNK_SHINGLES = 8192
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """Stafford's mix13 finalizer: an avalanching bijection on uint64."""
-    x = x ^ (x >> U64(30))
-    x = x * U64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> U64(27))
-    x = x * U64(0x94D049BB133111EB)
-    return x ^ (x >> U64(31))
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -103,13 +94,13 @@ def token_hashes(texts: pa.Array, shingling: Shingling) -> tuple[np.ndarray, np.
     lengths = np.array([len(c) for c in codes], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     flat = np.concatenate(codes) if codes else np.zeros(0, U32)
-    return splitmix64(flat.astype(U64) + _MIX), offsets
+    return splitmix64(flat.astype(U64) + MIX), offsets
 
 
 def _combine(tokens: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     h = np.zeros(len(starts), U64)
     for j in range(width):
-        h = h * _MIX + tokens[starts + j]
+        h = h * MIX + tokens[starts + j]
     return (splitmix64(h) >> U64(32)).astype(U32)
 
 
@@ -129,7 +120,7 @@ def shingle_hashes(tokens: np.ndarray, offsets: np.ndarray, ngram: int) -> tuple
         # windows that run past their document's end are then left out.
         h = np.zeros(count, U64)
         for j in range(ngram):
-            h *= _MIX
+            h *= MIX
             h += tokens[j : j + count]
         left = np.repeat(offsets[1:], lengths)[:count] - np.arange(count)  # tokens from here to doc end
         hashes[full] = (splitmix64(h[left >= ngram]) >> U64(32)).astype(U32)
@@ -170,7 +161,7 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     for band in range(bands):
         h = np.full(sig.shape[0], U64(band + 1))
         for j in range(band * rows, (band + 1) * rows):
-            h = h * _MIX + sig[:, j].astype(U64)
+            h = h * MIX + sig[:, j].astype(U64)
         keys[:, band] = splitmix64(h)
     return keys
 

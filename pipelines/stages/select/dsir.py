@@ -11,15 +11,13 @@ set). Phases: `counts` (per shard, input and target), `fit`, `score` (per shard:
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import xxhash
+import pyarrow.compute as pc
 from pydantic import Field
 
 from thresher.pipelines.engine import atomic
@@ -38,10 +36,10 @@ from thresher.pipelines.engine.stage import (
 from thresher.pipelines.stats.order import tie_hashes
 from thresher.pipelines.stats.runs import open_run, save_run
 from thresher.pipelines.stats.top_fraction import KEY_DTYPE, KEY_FIELDS, rank_keys, top_cutoff
+from thresher.pipelines.text.ngrams import ngram_hashes
 
 SCORE_COLUMN = "dsir_log_weight"
 BELOW = "dsir_not_selected"
-_WORD = re.compile(r"\w+")
 
 
 class DSIRParams(StageParams):
@@ -57,16 +55,13 @@ class DSIRParams(StageParams):
     buckets: int = Field(10_000, ge=16, le=1 << 22, description="Hash buckets of the n-gram features.")
 
 
-def features(texts: list[str | None], buckets: int) -> np.ndarray:
-    """(documents, buckets) counts of hashed lower-cased word unigrams and bigrams."""
-    out = np.zeros((len(texts), buckets), np.float32)
-    for row, text in enumerate(texts):
-        words = _WORD.findall((text or "").lower())
-        grams = [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]
-        if grams:
-            hashed = [xxhash.xxh3_64_intdigest(g.encode()) % buckets for g in grams]
-            out[row] = np.bincount(hashed, minlength=buckets)
-    return out
+def features(texts: pa.Array, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket, document) of every hashed word unigram and bigram of the texts (normalised as for
+    decontamination), without a Python call per n-gram and without a dense documents x buckets matrix."""
+    parts = [ngram_hashes(texts, n) for n in (1, 2)]
+    hashes = np.concatenate([h for h, _ in parts])
+    docs = np.concatenate([d for _, d in parts])
+    return (hashes % np.uint64(buckets)).astype(np.int64), docs
 
 
 class DSIRSelect(Stage[DSIRParams]):
@@ -134,9 +129,9 @@ class DSIRSelect(Stage[DSIRParams]):
             ),
         ]
 
-    def _texts(self, batch: pa.RecordBatch) -> list[str | None]:
-        columns = [batch.column(c).to_pylist() for c in self.params.text_columns]
-        return [" ".join(v for v in values if v) or None for values in zip(*columns, strict=True)]
+    def _texts(self, batch: pa.RecordBatch) -> pa.Array:
+        columns = [pc.fill_null(batch.column(c), "") for c in self.params.text_columns]
+        return columns[0] if len(columns) == 1 else pc.binary_join_element_wise(*columns, " ")
 
     def _read(self, path: Path, tc: TaskContext) -> Any:
         for batch in iter_batches(path, [ID_COLUMN, *self.params.text_columns]):
@@ -147,7 +142,8 @@ class DSIRSelect(Stage[DSIRParams]):
     def counts(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         total = np.zeros(self.params.buckets, np.float64)
         for batch in self._read(task.input("shard"), tc):
-            total += features(self._texts(batch), self.params.buckets).sum(axis=0)
+            bucket, _ = features(self._texts(batch), self.params.buckets)
+            total += np.bincount(bucket, minlength=self.params.buckets)
         out = self._file(task.args["kind"], task.input("shard").name, "npy")
         with atomic.atomic_open(out, "wb") as f:
             np.save(f, total, allow_pickle=False)
@@ -172,7 +168,8 @@ class DSIRSelect(Stage[DSIRParams]):
         logratio = np.load(task.input("logratio"), allow_pickle=False)
         weights, keys, offset = [], [], 0
         for batch in self._read(task.input("shard"), tc):
-            w = features(self._texts(batch), self.params.buckets).astype(np.float64) @ logratio
+            bucket, doc = features(self._texts(batch), self.params.buckets)
+            w = np.bincount(doc, weights=logratio[bucket], minlength=batch.num_rows)
             ranked = w
             if self.params.sample == "resample":
                 # Gumbel-top-k: the k largest of log w + Gumbel noise are a draw of k rows without

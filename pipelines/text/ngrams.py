@@ -1,4 +1,4 @@
-"""Word n-gram hashes of whole Arrow arrays, for overlap tests against evaluation data.
+"""Word n-gram hashes of whole Arrow arrays: decontamination's overlap test and DSIR's features.
 
 Text is normalised as lm-evaluation-harness's decontamination "janitor" does it: lowercased, punctuation
 and symbols removed, split on whitespace. Each distinct token of a batch is hashed once with xxh3-64 and
@@ -12,17 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-U64 = np.uint64
-_MIX = U64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection mod 2^64
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """Stafford's mix13 finalizer: spreads the polynomial combination over all 64 bits."""
-    x = x ^ (x >> U64(30))
-    x = x * U64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> U64(27))
-    x = x * U64(0x94D049BB133111EB)
-    return x ^ (x >> U64(31))
+from thresher.pipelines.text.hashing import MIX, U64, splitmix64
 
 
 def tokens(texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
@@ -53,10 +43,10 @@ def ngram_hashes(texts: pa.Array | pa.ChunkedArray, n: int) -> tuple[np.ndarray,
     # then left out.
     h = np.zeros(count, U64)
     for j in range(n):
-        h *= _MIX
+        h *= MIX
         h += token[j : j + count]
     lengths = np.diff(offsets)
     doc = np.repeat(np.arange(len(lengths)), lengths)[:count]
     left = np.repeat(offsets[1:], lengths)[:count] - np.arange(count)  # tokens from here to text end
     keep = left >= n
-    return _splitmix64(h[keep]), doc[keep]
+    return splitmix64(h[keep]), doc[keep]
