@@ -8,14 +8,13 @@ import enum
 import inspect
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from thresher.cli.options import option
-from thresher.pipelines.engine.executor import Executor
+from thresher.pipelines.engine.executor import Executor, ExecutorFactory
 from thresher.pipelines.engine.progress import Reporter
 
 PANEL = "Executor (where tasks run)"
@@ -112,9 +111,6 @@ SLURM_STEP_KEYS = {
     "tasks_per_job": "tasks_per_job",
 }
 RAY_STEP_KEYS = {"num_cpus": "ray_cpus", "num_gpus": "ray_gpus", "memory": "ray_memory"}
-
-# An executor for a step: called with the step's `slurm:`/`ray:` overrides ({} for a stage command).
-ExecutorFactory = Callable[[dict[str, dict[str, Any]]], "Executor | None"]
 
 
 def parse_size(text: str | int | None, what: str) -> int | None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from thresher.pipelines.engine.errors import UsageError
-from thresher.pipelines.engine.executor import Executor, follow, run_stage
+from thresher.pipelines.engine.executor import ExecutorFactory, follow, run_stage
 from thresher.pipelines.engine.lock import output_lock
 from thresher.pipelines.engine.manifest import Manifest
 from thresher.pipelines.engine.progress import Reporter
@@ -31,7 +29,7 @@ def run_recipe(
     workers: int | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
-    executor: Callable[[dict[str, dict[str, Any]]], Executor | None] = lambda resources: None,
+    executor: ExecutorFactory = lambda resources: None,
 ) -> list[Manifest]:
     """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume."""
     source, root = Path(input_path).resolve(), Path(output).resolve()

@@ -8,6 +8,7 @@ import os
 import queue
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Protocol
@@ -405,6 +406,11 @@ class Executor(Protocol):
     locked, to wait for or leave be what an earlier command left running there."""
 
     def run(self, plan: Plan) -> list[TaskRecord]: ...
+
+
+# An executor for one recipe step, from the step's `slurm:`/`ray:` overrides ({} for a stage command);
+# None is the local executor.
+ExecutorFactory = Callable[[dict[str, dict[str, Any]]], "Executor | None"]
 
 
 def follow(executor: Executor | None, output: Path) -> None:
