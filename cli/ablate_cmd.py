@@ -15,6 +15,7 @@ from thresher.cli.stage_commands import _field_option, from_cli
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.executor import run_stage
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
+from thresher.pipelines.engine.storage import location
 from thresher.pipelines.stages.ablate.stage import Ablate
 
 NAMED = ("train", "eval")
@@ -93,7 +94,7 @@ def _signature() -> inspect.Signature:
         "output_dir",
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
         annotation=Annotated[
-            Path, typer.Argument(help="Output folder; rerun to resume.", show_default=False)
+            Path, typer.Argument(parser=location, help="Output folder; rerun to resume.", show_default=False)
         ],
     )
     own = [

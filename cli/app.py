@@ -19,14 +19,15 @@ from rich.table import Table
 from thresher.cli import ablate_cmd, run_cmd, stage_commands
 from thresher.cli.errors import ThresherGroup
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import common_parameters, pop_common
+from thresher.cli.options import common_parameters, pop_common, storage_parameters
 from thresher.cli.render import console, lineage_table, steps_table
-from thresher.pipelines.engine import registry
+from thresher.pipelines.engine import registry, storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.executor import run_stage
 from thresher.pipelines.engine.plan import Plan
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
 from thresher.pipelines.engine.stage import StageParams
+from thresher.pipelines.engine.storage import location
 from thresher.pipelines.report.inspect import QUANTILES, describe, describe_steps
 
 app = typer.Typer(
@@ -50,19 +51,36 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
-def _top_level(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
+def _top_level(**_options: Any) -> None:
     """Curate LLM training data with small models: streaming stages over Parquet shard sets."""
 
 
-INPUT = Annotated[Path, typer.Argument(help="Shard set folder.", show_default=False)]
+# The storage options here too, before the command name, for the commands that have no others (status,
+# report, inspect, export): `thresher --storage-option endpoint_url=... report s3://b/run`.
+_top_level.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter(
+            "version",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[
+                bool,
+                typer.Option(
+                    "--version",
+                    "-V",
+                    callback=_print_version,
+                    is_eager=True,
+                    help="Print the version and exit.",
+                ),
+            ],
+        ),
+        *storage_parameters(),
+    ]
+)
+app.callback()(_top_level)
+
+
+INPUT = Annotated[Path, typer.Argument(parser=location, help="Shard set folder.", show_default=False)]
 
 
 @app.command("stages")
@@ -126,17 +144,18 @@ def apply(**kwargs: Any) -> None:
     configure_logging(quiet, log_file)
     reporter = make_reporter(quiet)
     make_executor = executor_factory({k: kwargs.pop(k) for k in EXECUTOR_KEYS}, reporter)
-    run_stage(
-        cls.name,
-        cls.Params.model_validate(_param_values(kwargs["param"] or [], cls.Params)),
-        kwargs["input_dir"],
-        kwargs["output_dir"],
-        seed=seed or 0,
-        workers=workers,
-        force=force,
-        reporter=reporter,
-        executor=make_executor({}),
-    )
+    with storage.named_errors(kwargs["input_dir"], kwargs["output_dir"]):
+        run_stage(
+            cls.name,
+            cls.Params.model_validate(_param_values(kwargs["param"] or [], cls.Params)),
+            kwargs["input_dir"],
+            kwargs["output_dir"],
+            seed=seed or 0,
+            workers=workers,
+            force=force,
+            reporter=reporter,
+            executor=make_executor({}),
+        )
 
 
 def _apply_signature() -> inspect.Signature:
@@ -153,7 +172,9 @@ def _apply_signature() -> inspect.Signature:
         inspect.Parameter(
             "output_dir",
             positional,
-            annotation=Annotated[Path, typer.Argument(help="Output folder.", show_default=False)],
+            annotation=Annotated[
+                Path, typer.Argument(parser=location, help="Output folder.", show_default=False)
+            ],
         ),
         inspect.Parameter(
             "param",
@@ -179,7 +200,9 @@ app.command("apply")(apply)
 
 @app.command("task")
 def task(
-    output_dir: Annotated[Path, typer.Argument(help="Output folder of a planned stage.", show_default=False)],
+    output_dir: Annotated[
+        Path, typer.Argument(parser=location, help="Output folder of a planned stage.", show_default=False)
+    ],
     phase: Annotated[str, typer.Option(help="Phase name or number.")],
     index: Annotated[int | None, typer.Option(help="One task index; default: the element's tasks.")] = None,
     tasks: Annotated[
@@ -289,6 +312,7 @@ def export_cmd(
     output: Annotated[
         Path,
         typer.Argument(
+            parser=location,
             help="Output file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), folder (--format hf) or, for "
             "--format tokens, the .bin file (PREFIX.bin; the index is PREFIX.idx).",
             show_default=False,
@@ -318,6 +342,7 @@ def export_cmd(
         Path | None,
         typer.Option(
             "--tokenizer",
+            parser=location,
             help="--format tokens: a tokenizers JSON file or a transformers tokenizer folder (offline).",
             show_default=False,
         ),
@@ -380,7 +405,8 @@ def export_cmd(
 @app.command("sample-data")
 def sample_data(
     output_dir: Annotated[
-        Path, typer.Argument(help="Folder to write the sample sets into.", show_default=False)
+        Path,
+        typer.Argument(parser=location, help="Folder to write the sample sets into.", show_default=False),
     ],
     seed: Annotated[int, typer.Option(help="Generator seed; the bundled sample_data/ uses 0.")] = 0,
     web_docs: Annotated[int, typer.Option(help="Documents in the web-like set.")] = 3000,

@@ -9,10 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.executor import default_workers
 
 COMMON_PANEL = "Common options"
+STORAGE_PANEL = "Object storage"
 COMMON_KEYS = ("workers", "seed", "force", "quiet", "log_file")
+STORAGE_KEYS = ("storage_option", "tmp_dir")
 
 
 def option(
@@ -50,10 +53,61 @@ def common_parameters(
         ),
         opt("quiet", bool, False, "--quiet", "-q", help="Print errors only."),
         opt("log_file", Path | None, None, "--log-file", help="Also append plain log records to this file."),
+        *storage_parameters(),
     ]
+
+
+def storage_parameters() -> list[inspect.Parameter]:
+    """Options for inputs and outputs on object stores (s3://, gs://, ...): given once, they reach every
+    worker process, Slurm job and Ray task of the run through the environment."""
+    return [
+        option(
+            "storage_option",
+            list[str] | None,
+            None,
+            "--storage-option",
+            metavar="KEY=VALUE",
+            help="An fsspec option for URLs, e.g. endpoint_url=http://127.0.0.1:9000 or anon=true; "
+            "s3.KEY=VALUE for one protocol only; repeat for several. Credentials also come from the "
+            "environment and ~/.aws as usual. Never printed.",
+            panel=STORAGE_PANEL,
+            is_eager=True,
+            callback=_set_options,
+        ),
+        option(
+            "tmp_dir",
+            Path | None,
+            None,
+            "--tmp-dir",
+            help="Local folder for temporary files of remote outputs (each written here, then uploaded "
+            "whole) and for cached copies of remote models; default: $TMPDIR.",
+            panel=STORAGE_PANEL,
+            is_eager=True,
+            callback=_set_tmp_dir,
+        ),
+    ]
+
+
+# Eager, so they take effect before the command's INPUT and OUTPUT are parsed into locations that carry
+# them.
+def _set_options(pairs: list[str] | None) -> list[str] | None:
+    storage.configure(storage.parse_options(pairs or []))
+    return pairs
+
+
+def _set_tmp_dir(folder: Path | None) -> Path | None:
+    storage.configure(tmp_dir=folder)
+    return folder
+
+
+def apply_storage(kwargs: dict[str, Any]) -> None:
+    """Take the storage options (already in effect) out of a command's keyword arguments."""
+    for key in STORAGE_KEYS:
+        kwargs.pop(key, None)
 
 
 def pop_common(kwargs: dict[str, Any]) -> tuple[int, int | None, bool, bool, Path | None]:
     """workers, seed, force, quiet, log_file, taken out of a command's keyword arguments."""
+    apply_storage(kwargs)
     workers, seed, force, quiet, log_file = (kwargs.pop(k) for k in COMMON_KEYS)
     return workers, seed, force, quiet, log_file

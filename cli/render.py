@@ -16,6 +16,8 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 
 def short_path(path: str) -> str:
     """Relative to the working folder when under it: tables stay narrow."""
+    if "://" in path:
+        return path
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
 

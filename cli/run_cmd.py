@@ -9,10 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
+from thresher.cli.options import apply_storage, storage_parameters
 from thresher.cli.render import console, lineage_table
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.executor import default_workers
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
+from thresher.pipelines.engine.storage import location
 from thresher.pipelines.report.inspect import lineage
 
 
@@ -23,6 +26,7 @@ def run(
         typer.Option(
             "--input",
             "-i",
+            parser=location,
             help="Input of the first step: raw files for ingest, or a shard set.",
             show_default=False,
         ),
@@ -30,7 +34,11 @@ def run(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="Folder for the steps' outputs (OUTPUT/NN-<step>/).", show_default=False
+            "--output",
+            "-o",
+            parser=location,
+            help="Folder for the steps' outputs (OUTPUT/NN-<step>/).",
+            show_default=False,
         ),
     ],
     workers: Annotated[
@@ -73,7 +81,8 @@ def run(
 
 def status(
     output: Annotated[
-        Path, typer.Argument(help="A stage's or a recipe's output folder.", show_default=False)
+        Path,
+        typer.Argument(parser=location, help="A stage's or a recipe's output folder.", show_default=False),
     ],
     wait: Annotated[
         bool,
@@ -122,10 +131,11 @@ def status(
 
 def report(
     output: Annotated[
-        Path, typer.Argument(help="A recipe's or a stage's output folder.", show_default=False)
+        Path,
+        typer.Argument(parser=location, help="A recipe's or a stage's output folder.", show_default=False),
     ],
     to: Annotated[
-        Path | None, typer.Option("--to", help="Where to write; default OUTPUT/report.html.")
+        Path | None, typer.Option("--to", parser=location, help="Where to write; default OUTPUT/report.html.")
     ] = None,
 ) -> None:
     """Write one self-contained HTML report (opens offline): rows kept and dropped per stage and reason,
@@ -142,15 +152,17 @@ def report(
 
 def register(app: typer.Typer) -> None:
     def command(**kwargs: Any) -> None:
+        apply_storage(kwargs)
         executor_options = {k: kwargs.pop(k) for k in EXECUTOR_KEYS}
-        run(**kwargs, **executor_options)
+        with storage.named_errors(kwargs["input_path"], kwargs["output"]):
+            run(**kwargs, **executor_options)
 
     own = [
         p
         for p in inspect.signature(run, eval_str=True).parameters.values()
         if p.kind != inspect.Parameter.VAR_KEYWORD
     ]
-    command.__signature__ = inspect.Signature([*own, *executor_parameters()])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([*own, *storage_parameters(), *executor_parameters()])  # type: ignore[attr-defined]
     command.__doc__ = run.__doc__
     app.command("run", help=run.__doc__)(command)
     app.command("status")(status)

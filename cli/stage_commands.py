@@ -16,9 +16,11 @@ from pydantic.fields import FieldInfo
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
 from thresher.cli.options import common_parameters, pop_common
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.executor import run_stage
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
 from thresher.pipelines.engine.stage import Stage
+from thresher.pipelines.engine.storage import location
 
 GROUP_HELP = {
     "dedup": "Remove duplicate documents across a whole shard set: exact (hash) or near (MinHash LSH).",
@@ -78,6 +80,7 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             annotation=Annotated[
                 list[Path],
                 typer.Argument(
+                    parser=location,
                     help="Input files or folders (JSONL, .jsonl.gz, .jsonl.zst, Parquet, CSV, "
                     "or a `datasets` save_to_disk folder).",
                     show_default=False,
@@ -89,7 +92,10 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             "input_dir",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
             annotation=Annotated[
-                Path, typer.Argument(help="Input shard set (a folder of Parquet shards).", show_default=False)
+                Path,
+                typer.Argument(
+                    parser=location, help="Input shard set (a folder of Parquet shards).", show_default=False
+                ),
             ],
         )
     output = inspect.Parameter(
@@ -97,7 +103,9 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
         annotation=Annotated[
             Path,
-            typer.Argument(help="Output folder; rerunning the same command resumes.", show_default=False),
+            typer.Argument(
+                parser=location, help="Output folder; rerunning the same command resumes.", show_default=False
+            ),
         ],
     )
     parameters = [
@@ -109,14 +117,18 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
     ]
 
     def command(**kwargs: Any) -> None:
+        given = [*kwargs.get("inputs", [kwargs.get("input_dir")]), kwargs["output_dir"]]
+        with storage.named_errors(*given):
+            run_command(**kwargs)
+
+    def run_command(**kwargs: Any) -> None:
         workers, seed, force, quiet, log_file = pop_common(kwargs)
         output_dir = kwargs.pop("output_dir")
         values = {k: from_cli(fields[k], v) for k, v in kwargs.items() if k in fields}
         if files_input:
-            # realpath, not resolve: it leaves a link loop for ingest to name instead of raising.
-            sources = [Path(os.path.realpath(p)) for p in kwargs["inputs"]]
+            sources = [_source(p) for p in kwargs["inputs"]]
             values["inputs"] = [str(p) for p in sources]
-            input_path = Path(os.path.commonpath([str(p if p.is_dir() else p.parent) for p in sources]))
+            input_path = storage.input_root(sources)
         else:
             input_path = kwargs["input_dir"]
         configure_logging(quiet, log_file)
@@ -139,6 +151,14 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
     command.__name__ = cls.name.replace("-", "_")
     command.__doc__ = f"{cls.summary}\n\nExample:\n\n    {cls.example}" if cls.example else cls.summary
     return command
+
+
+def _source(given: Path) -> Path:
+    # realpath, not resolve: it leaves a link loop for ingest to name instead of raising. A glob pattern
+    # stays as written for ingest to expand (the shell passes it on when quoted or matching nothing).
+    if storage.is_remote(given) or (storage.has_magic(str(given)) and not given.exists()):
+        return given
+    return Path(os.path.realpath(given))
 
 
 def from_cli(field: FieldInfo, value: Any) -> Any:

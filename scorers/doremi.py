@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import os
+
 import numpy as np
 
 from thresher.pipelines.engine.errors import ThresherError
@@ -355,7 +357,9 @@ def train_doremi_proxy(
     k = len(domains)
     weights = np.full(k, 1.0 / k) if initial is None else np.asarray(initial, np.float64) / np.sum(initial)
     with deterministic_training(placement, threads):
-        ref_model = load_reference(reference, placement) if isinstance(reference, (str, Path)) else reference
+        ref_model = (
+            load_reference(reference, placement) if isinstance(reference, str | os.PathLike) else reference
+        )
         # Another init than the reference's: the proxy starts from scratch, not from a copy of it.
         model = build_model(config, tokenizer.get_vocab_size(), tokenizer.token_to_id(EOS), seed + 7)
         model.to(placement.device).train()

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError, UsageError
 from thresher.pipelines.text.normalize import separator
 
@@ -78,11 +79,12 @@ class FastTextModel:
     @classmethod
     def load(cls, path: Path) -> FastTextModel:
         """Load a .bin/.ftz model. A worker scoring many shards loads each model file once."""
-        path = Path(path)
+        path = storage.location(path)
         if not path.is_file():
             raise UsageError(f"{path}: model file does not exist")
-        stat = path.stat()
-        return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        local = storage.local_file(path)  # fastText opens files by name; a remote model is fetched once
+        stat = local.stat()
+        return _load_cached(str(local.resolve()), stat.st_mtime_ns, stat.st_size)
 
     def save(self, path: Path) -> None:
         self._raw.save_model(str(path))
@@ -264,7 +266,7 @@ def train(train_file: Path, settings: TrainSettings) -> FastTextModel:
 
 def resolve_model_path(value: str, option: str) -> Path:
     """A model file, or a `thresher quality train` output folder holding model.bin."""
-    path = Path(value)
+    path = storage.location(value)
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():
             raise UsageError(f"{option} {value}: folder has no {MODEL_FILE}; pass the model file itself")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.scorers.doc_scores import DocScores
@@ -39,7 +40,7 @@ class KenLMFiles:
 def resolve_files(model: str, tokenizer: str | None) -> KenLMFiles:
     """`--model` is a `thresher lm train-kenlm` output folder (model.binary + tokenizer.model) or a KenLM
     .binary/.arpa file, with `--tokenizer` next to it or given explicitly."""
-    path = Path(model)
+    path = storage.location(model)
     if not path.exists():
         raise ThresherError(
             f"--model {model}: no such file or folder; pass a `thresher lm train-kenlm` output folder "
@@ -51,7 +52,7 @@ def resolve_files(model: str, tokenizer: str | None) -> KenLMFiles:
         raise ThresherError(
             f"--model {model}: no {MODEL_FILE} in this folder; is it a `thresher lm train-kenlm` output?"
         )
-    tokenizer_file = Path(tokenizer) if tokenizer else folder / TOKENIZER_FILE
+    tokenizer_file = storage.location(tokenizer) if tokenizer else folder / TOKENIZER_FILE
     if not tokenizer_file.is_file():
         raise ThresherError(
             f"--tokenizer {tokenizer_file}: no sentencepiece model there; pass --tokenizer with the "
@@ -72,7 +73,7 @@ def load_sentencepiece(path: Path) -> Any:
     import sentencepiece as spm
 
     try:
-        return spm.SentencePieceProcessor(model_file=str(path))
+        return spm.SentencePieceProcessor(model_file=str(storage.local_file(path)))
     except (RuntimeError, OSError) as exc:
         raise ThresherError(f"{path}: not a sentencepiece model ({str(exc).splitlines()[0]})") from None
 
@@ -98,6 +99,7 @@ def _looks_like_kenlm(path: Path) -> bool:
 def load_kenlm(path: Path) -> Any:
     import kenlm
 
+    path = storage.local_file(path)  # KenLM maps the file by name: a remote model is fetched once
     if not _looks_like_kenlm(path):
         raise ThresherError(f"{path}: not a KenLM model (neither a KenLM binary nor an ARPA file)")
     try:

@@ -1,28 +1,31 @@
-"""Atomic file writes: readers see either the old file or the whole new one, never a half-written one."""
+"""Atomic file writes: readers see either the old file or the whole new one, never a half-written one.
+
+On disk a temp file is renamed over the target; on an object store the finished local file is uploaded
+to its final key in one request (see storage.commit), so a killed writer leaves no object behind."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from thresher.pipelines.engine import storage
+
 
 def tmp_path_for(path: Path) -> Path:
-    # The pid keeps two processes that race on the same task from clobbering each other's temp file.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return storage.local_tmp_for(path)
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to `path`; on success rename it over `path`, on error remove it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a local temp path for `path`; on success it becomes `path`, on error it is removed."""
+    storage.make_dirs(path.parent)
     tmp = tmp_path_for(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        storage.commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.executor import ExecutorFactory, follow, run_stage
 from thresher.pipelines.engine.lock import output_lock
@@ -32,7 +33,7 @@ def run_recipe(
     executor: ExecutorFactory = lambda resources: None,
 ) -> list[Manifest]:
     """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume."""
-    source, root = Path(input_path).resolve(), Path(output).resolve()
+    source, root = storage.resolved(input_path), storage.resolved(output)
     if source == root or source in root.parents or root in source.parents:
         # Step folders would land inside the input (a rerun would ingest them), or a step folder
         # would replace the input.
@@ -43,7 +44,7 @@ def run_recipe(
     steps = resolve(recipe, source, root)
     check_side_inputs(recipe, steps, seed)
     manifests = []
-    output.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(root)
     follow(executor(steps[0].step.resources), root)
     with output_lock(output):
         record_recipe_steps(output, [(s.output.name, s.step.stage.name) for s in steps])

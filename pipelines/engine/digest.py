@@ -13,8 +13,10 @@ _CHUNK = 8 << 20
 
 def file_digest(path: Path) -> str:
     # xxh3-128 reads at memory speed, so digesting every shard costs little next to decoding it.
+    from thresher.pipelines.engine.storage import open_input
+
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
+    with open_input(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return "xxh3-128:" + h.hexdigest()

@@ -13,10 +13,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any, Protocol
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.digest import file_digest, value_digest
 from thresher.pipelines.engine.errors import IncompleteRun, ThresherError, UsageError, filesystem_error
-from thresher.pipelines.engine.lock import holds_only_lock, lock_path, output_lock
+from thresher.pipelines.engine.lock import LOCK_NAMES, holds_only_lock, output_lock
 from thresher.pipelines.engine.manifest import (
     MANIFEST_NAME,
     FileRecord,
@@ -77,7 +77,7 @@ def plan_stage(
     cls = get_stage(stage_name)
     if isinstance(params, dict):
         params = cls.Params.model_validate(params)
-    input_path, output = Path(input_path), Path(output).resolve()
+    input_path, output = storage.location(input_path), storage.resolved(output)
     _check_output(output, cls.name, input_path)
     shard_set = None
     if cls.input_kind == "shards":
@@ -94,7 +94,7 @@ def plan_stage(
         (output / MANIFEST_NAME).unlink()
     plan = build_plan(stage, identity)
     stage.check_phases(plan.phases)  # a phase with no method bound to it fails here, before any task
-    output.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(output)
     plan.write()
     return plan, False
 
@@ -111,8 +111,8 @@ def task_fingerprint(plan: Plan, phase_index: int, task_index: int, digests: Inp
     task = plan.phases[phase_index].tasks[task_index]
     inputs = []
     for path in task.inputs:
-        resolved = str(Path(path).resolve())
-        inputs.append(digests.get(resolved) or file_digest(Path(path)))
+        resolved = str(storage.resolved(path))
+        inputs.append(digests.get(resolved) or file_digest(storage.location(path)))
     return value_digest(
         {
             "stage": plan.params_fingerprint,
@@ -159,7 +159,7 @@ def execute_task(
     output: Path, phase_index: int, task_index: int, progress: Any = None, force: bool = False
 ) -> TaskRecord:
     """Run one task of a planned stage and write its record; skip it if its record is current."""
-    plan = Plan.load(Path(output))
+    plan = Plan.load(storage.location(output))
     digests = _digest_index(plan, phase_index)
     fingerprint = task_fingerprint(plan, phase_index, task_index, digests)
     if not force and is_task_done(plan, phase_index, task_index, fingerprint):
@@ -169,7 +169,7 @@ def execute_task(
     phase = plan.phases[phase_index]
     task = phase.tasks[task_index]
     failure = plan.failure_path(phase_index, task_index)
-    failure.unlink(missing_ok=True)
+    storage.remove(failure)
     plan.forget_index(phase_index)  # its outputs are about to change
     try:
         stage = _stage_for_task(plan)  # a failing setup() fails this task, with its marker
@@ -184,14 +184,11 @@ def execute_task(
             atomic.write_json(failure, {"key": task.key, "error": f"{type(exc).__name__}: {exc}"})
         raise
     seconds = time.perf_counter() - start
-    inputs = [
-        FileRecord(
-            path=str(Path(p).resolve()),
-            size=Path(p).stat().st_size,
-            digest=digests.get(str(Path(p).resolve())) or file_digest(Path(p)),
-        )
-        for p in task.inputs
-    ]
+    inputs = []
+    for p in task.inputs:
+        where = storage.resolved(p)
+        digest = digests.get(str(where)) or file_digest(where)
+        inputs.append(FileRecord(path=str(where), size=where.stat().st_size, digest=digest))
     if result.counts is not None and not result.counts.balanced:
         raise RuntimeError(f"stage {stage.name} task {task.key}: rows do not add up: {result.counts}")
     record = TaskRecord(
@@ -263,7 +260,9 @@ def _worker(output: str, phase_index: int, task_index: int, force: bool) -> dict
     def progress(rows: int) -> None:
         _progress_queue.put(rows)
 
-    return execute_task(Path(output), phase_index, task_index, progress, force).model_dump(mode="json")
+    return execute_task(storage.location(output), phase_index, task_index, progress, force).model_dump(
+        mode="json"
+    )
 
 
 class LocalExecutor:
@@ -346,8 +345,10 @@ def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
     for folder in (plan.output, plan.output / DROPPED_DIR):
         for stray in [*folder.glob("*.parquet"), *folder.glob(".*.tmp")]:
             if stray.relative_to(plan.output).as_posix() not in keep:
-                stray.unlink()
-    shutil.rmtree(plan.state_dir / "work", ignore_errors=True)
+                storage.remove(stray)
+    storage.remove_tree(plan.state_dir / "work")
+    if storage.is_remote(plan.output):
+        shutil.rmtree(storage.scratch_root(plan.state_dir / "work"), ignore_errors=True)
     totals = RowCounts()
     counted = [r for r in records if r.counts is not None]
     if counted:
@@ -394,10 +395,10 @@ def _clear_keeping_lock(output: Path) -> None:
     for entry in output.iterdir():
         if entry.name == STATE_DIR:
             for inner in entry.iterdir():
-                if inner != lock_path(output):
-                    shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
+                if inner.name not in LOCK_NAMES:
+                    storage.remove_tree(inner) if inner.is_dir() else storage.remove(inner)
         else:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            storage.remove_tree(entry) if entry.is_dir() else storage.remove(entry)
 
 
 class Executor(Protocol):
@@ -433,10 +434,10 @@ def run_stage(
 ) -> Manifest:
     """Plan, run and finish a stage. A crash or kill leaves finished tasks in place, so running the same
     command again resumes; a bad-input error removes the output folder if this run created it."""
-    output = Path(output)
+    output = storage.location(output)
     # Checked before taking the lock, so a wrong OUTPUT (the input, a file, someone else's folder) gets
     # no lock file written into it.
-    _check_output(output, get_stage(stage_name).name, Path(input_path))
+    _check_output(output, get_stage(stage_name).name, storage.location(input_path))
     follow(executor, output)
     try:
         with output_lock(output):
@@ -452,7 +453,8 @@ def run_stage(
                     )
                     # Confirmed against inputs that may be newer (touched, same bytes): make and other
                     # mtime-based tools would otherwise rerun this stage forever.
-                    os.utime(output / MANIFEST_NAME)
+                    if not storage.is_remote(output):
+                        os.utime(output / MANIFEST_NAME)
                     return Manifest.read(output)
                 records = (executor or LocalExecutor(workers, False, reporter)).run(plan)
                 manifest = finalize(plan, records)
@@ -463,7 +465,7 @@ def run_stage(
                 # goes away whole (which also frees the space). A folder of an earlier run stays, but
                 # without a manifest, so no later stage mistakes it for a finished shard set.
                 if fresh:
-                    shutil.rmtree(output, ignore_errors=True)
+                    storage.remove_tree(output)
                 raise
             reporter.stage_finished(manifest)
             return manifest

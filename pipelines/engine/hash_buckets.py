@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import FileRecord
 from thresher.pipelines.engine.shards import ShardWriter
 
@@ -97,7 +98,10 @@ class HashBucketWriter:
 def read_bucket(paths: list[Path], bucket: int) -> pa.Table:
     """Every hash row of one bucket across map outputs, sorted by (hash, shard, row): equal hashes are
     adjacent and the first of each run is the earliest occurrence."""
-    parts = [pq.read_table(p, filters=[("bucket", "=", bucket)], schema=HASH_SCHEMA) for p in paths]
+    parts = [
+        pq.read_table(storage.readable(p), filters=[("bucket", "=", bucket)], schema=HASH_SCHEMA)
+        for p in paths
+    ]
     table = pa.concat_tables(parts) if parts else HASH_SCHEMA.empty_table()
     return table.sort_by(
         [("h1", "ascending"), ("h2", "ascending"), ("shard", "ascending"), ("row", "ascending")]

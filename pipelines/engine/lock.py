@@ -4,7 +4,10 @@ shells) stops at once instead of interleaving with the first.
 A recipe run holds its root's lock exclusively; a stage writing a folder directly below a root that has a
 lock (a recipe's step folder) holds the root's lock shared. So a stage command cannot write into a running
 recipe's step folder, a recipe cannot start while one writes there, and stage commands on sibling folders
-(`make -j` over the step folders) still run side by side."""
+(`make -j` over the step folders) still run side by side.
+
+On an object store there is no flock: the lock is a lease object (lease.remote_lease), created with a
+conditional write so only one run gets it, renewed while the run lives and removed when it ends."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError
 
 
@@ -26,6 +30,9 @@ class BusyError(ThresherError):
 
 
 LOCK_NAME = "lock"
+LEASE_NAME = "lease.json"
+# What a folder may hold and still count as empty, and what `--force` keeps.
+LOCK_NAMES = frozenset({LOCK_NAME, LEASE_NAME})
 
 # Roots this process holds exclusively. flock conflicts between two open files of the same process too,
 # so a recipe's own steps must know not to ask for the root again.
@@ -36,16 +43,19 @@ def lock_path(output: Path) -> Path:
     # In the folder's state directory: nothing appears beside the user's folders, and a folder holding
     # only the lock still counts as empty. The file is never deleted: unlinking a lock file lets a third
     # process lock a new file while a second still holds the old one.
-    return Path(output) / "_thresher" / LOCK_NAME
+    return storage.location(output) / "_thresher" / LOCK_NAME
 
 
 def holds_only_lock(output: Path) -> bool:
     """True for an empty folder, or one with nothing but the (possibly stale) lock file."""
-    entries = list(Path(output).iterdir())
+    output = storage.location(output)
+    if storage.is_remote(output) and not output.exists():
+        return True  # no objects under the prefix
+    entries = list(output.iterdir())
     if not entries:
         return True
-    state = Path(output) / "_thresher"
-    return [e.name for e in entries] == ["_thresher"] and [e.name for e in state.iterdir()] == [LOCK_NAME]
+    state = output / "_thresher"
+    return [e.name for e in entries] == ["_thresher"] and {e.name for e in state.iterdir()} <= LOCK_NAMES
 
 
 def _holder(f: IO[str]) -> str:
@@ -101,7 +111,13 @@ def _busy_message(output: Path, f: IO[str]) -> str:
 
 @contextlib.contextmanager
 def output_lock(output: Path) -> Iterator[None]:
-    output = Path(output)
+    output = storage.location(output)
+    if storage.is_remote(output):
+        from thresher.pipelines.engine.lease import remote_lease
+
+        with remote_lease(output, _held):
+            yield
+        return
     real = output.resolve()
     path = lock_path(output)
     with _shared_root_lock(output, real):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_open, write_json
 from thresher.pipelines.engine.digest import file_digest, value_digest
 from thresher.pipelines.engine.errors import ThresherError
@@ -50,13 +51,14 @@ _STALE_LOCK_SECONDS = 600.0
 
 def phase_index_path(output: Path, phase: str) -> Path:
     """The task input that stands for every output of the earlier phase `phase`."""
-    return Path(output) / STATE_DIR / PHASES_DIR / f"{phase}.json"
+    return storage.location(output) / STATE_DIR / PHASES_DIR / f"{phase}.json"
 
 
 def phase_outputs(output: Path, phase: str) -> list[Path]:
     """Every file the tasks of a finished earlier phase wrote, in task order (read from its index)."""
     data = json.loads(phase_index_path(output, phase).read_bytes())
-    return [Path(output) / rel for rel, _size, _digest in data["outputs"]]
+    root = storage.location(output)
+    return [root / rel for rel, _size, _digest in data["outputs"]]
 
 
 def path_digest(path: Path) -> str:
@@ -136,7 +138,7 @@ class Plan:
     def _task_line(self, task: TaskSpec) -> str:
         digests = {}
         for path in task.inputs:
-            resolved = self._aliases.get(path) or str(Path(path).resolve())
+            resolved = self._aliases.get(path) or str(storage.resolved(path))
             digest = self.known_digest(resolved)
             if digest is not None:
                 digests[resolved] = digest
@@ -159,7 +161,7 @@ class Plan:
 
     @classmethod
     def read(cls, output: Path) -> Plan:
-        path = Path(output) / STATE_DIR / PLAN_NAME
+        path = storage.location(output) / STATE_DIR / PLAN_NAME
         try:
             data = json.loads(path.read_bytes())
         except FileNotFoundError:
@@ -190,7 +192,7 @@ class Plan:
             fingerprint=data["fingerprint"],
             params_fingerprint=data["params_fingerprint"],
             phases=phases,
-            output=Path(output).resolve(),
+            output=storage.resolved(output),
             side_files=[FileRecord.model_construct(**f) for f in data.get("side_files", [])],
         )
         known.update((f.path, f.digest) for f in plan.side_files)
@@ -201,12 +203,12 @@ class Plan:
     def load(cls, output: Path) -> Plan:
         """The plan, parsed once per process: a pool worker runs many tasks of the same plan. A rewritten
         plan (a new run in the same process) is noticed by its file's identity and read again."""
-        path = Path(output).resolve() / STATE_DIR / PLAN_NAME
+        path = storage.resolved(output) / STATE_DIR / PLAN_NAME
         key = _stat_key(path)
         cached = _loaded.get(str(path))
         if cached is not None and key is not None and cached[0] == key:
             return cached[1]
-        plan = cls.read(Path(output))
+        plan = cls.read(storage.location(output))
         if key is not None:
             _loaded[str(path)] = (key, plan)
         return plan
@@ -216,9 +218,9 @@ class Plan:
         cls = get_stage(self.stage)
         params = cls.Params.model_validate(self.params)
         if cls.input_kind == "shards" and self._shard_set is None:
-            shards = [Shard(Path(f.path), f.rows or 0, f.size, None) for f in self.input_files]
-            self._shard_set = ShardSet(Path(self.input_path), shards, None)
-        ctx = StageContext(Path(self.input_path), self.output, self.seed, self._shard_set)
+            shards = [Shard(storage.location(f.path), f.rows or 0, f.size, None) for f in self.input_files]
+            self._shard_set = ShardSet(storage.location(self.input_path), shards, None)
+        ctx = StageContext(storage.location(self.input_path), self.output, self.seed, self._shard_set)
         return cls(params, ctx)
 
     def read_record(self, phase_index: int, task_index: int) -> TaskRecord | None:
@@ -272,7 +274,7 @@ class Plan:
     def forget_index(self, phase_index: int) -> None:
         """Drop a phase's index: called before one of its tasks runs, so the index is rebuilt from the
         records the rerun leaves rather than trusted for outputs that are being replaced."""
-        phase_index_path(self.output, self.phases[phase_index].name).unlink(missing_ok=True)
+        storage.remove(phase_index_path(self.output, self.phases[phase_index].name))
         self._index_digests.pop(phase_index, None)
 
     def _build_index(self, phase_index: int) -> None:
@@ -282,7 +284,7 @@ class Plan:
             if built:
                 return
             for stray in path.parent.glob(f".{path.name}.*.tmp"):
-                stray.unlink(missing_ok=True)  # a builder killed mid-write; the lock says none is writing now
+                storage.remove(stray)  # a builder killed mid-write; the lock says none is writing now
             outputs: list[list[Any]] = []
             for t in range(len(phase.tasks)):
                 record = self.read_record(phase_index, t)
@@ -393,26 +395,21 @@ def _index_lock(path: Path) -> Iterator[bool]:
     would otherwise read every record of the phase before it. Yields True when another process built
     the index meanwhile."""
     lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(lock.parent)
     while True:
         if path.exists():
             yield True
             return
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _holder_gone(lock):
-                lock.unlink(missing_ok=True)
-            else:
-                time.sleep(0.1)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}\n")
-        break
+        if storage.create_exclusive(lock, f"{socket.gethostname()} {os.getpid()}\n".encode()):
+            break
+        if _holder_gone(lock):
+            storage.remove(lock)
+        else:
+            time.sleep(0.1)
     try:
         yield path.exists()
     finally:
-        lock.unlink(missing_ok=True)
+        storage.remove(lock)
 
 
 class InputDigests:
@@ -511,14 +508,14 @@ def build_plan(stage: Stage, identity: RunIdentity) -> Plan:
         stage_version=stage.version,
         params=stage.params.model_dump(mode="json"),
         seed=stage.ctx.seed,
-        input_path=str(Path(input_path).resolve()),
+        input_path=str(storage.resolved(input_path)),
         input_stage=manifest.stage if manifest else None,
-        input_manifest_digest=file_digest(Path(input_path) / MANIFEST_NAME) if manifest else None,
+        input_manifest_digest=file_digest(storage.location(input_path) / MANIFEST_NAME) if manifest else None,
         input_files=identity.input_files,
         fingerprint=identity.fingerprint,
         params_fingerprint=identity.params_fingerprint,
         phases=phases,
-        output=Path(stage.ctx.output).resolve(),
+        output=storage.resolved(stage.ctx.output),
         side_files=identity.side_files,
     )
     plan._aliases = identity.aliases

@@ -12,9 +12,9 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import IncompleteRun, ThresherError
 from thresher.pipelines.engine.executor import execute_task, phase_records, start_phase
 from thresher.pipelines.engine.manifest import TaskRecord
@@ -36,7 +36,7 @@ class RayOptions:
 
 def _run_task(output: str, phase_index: int, task_index: int) -> dict[str, Any]:
     """What a Ray worker runs. Returns plain JSON so no thresher class has to be pickled across."""
-    return execute_task(Path(output), phase_index, task_index).model_dump(mode="json")
+    return execute_task(storage.location(output), phase_index, task_index).model_dump(mode="json")
 
 
 def _no_cluster(address: str, why: str) -> ThresherError:
@@ -77,7 +77,12 @@ def connect(address: str) -> Any:
             raise _no_cluster(address, f"{resolved}: {exc.strerror or exc}") from None
         address = resolved
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            runtime_env={"env_vars": storage.environment()},
+        )
     except (ConnectionError, RuntimeError) as exc:
         raise _no_cluster(address, str(exc).splitlines()[0]) from None
     return ray

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError, UsageError
 from thresher.pipelines.engine.manifest import MANIFEST_NAME
 from thresher.pipelines.engine.registry import get_stage, stages
@@ -332,9 +333,11 @@ def resolve(recipe: Recipe, input_path: Path, output: Path) -> list[ResolvedStep
         else:
             source = folders[step.input]
         if step.stage.input_kind == "files":
-            params.setdefault("inputs", [str(Path(source).resolve())])
+            params.setdefault("inputs", [str(storage.resolved(source))])
         resolved.append(
-            ResolvedStep(step, Path(source), folders[step.id], step.stage.Params.model_validate(params))
+            ResolvedStep(
+                step, storage.location(source), folders[step.id], step.stage.Params.model_validate(params)
+            )
         )
         previous = folders[step.id]
     return resolved

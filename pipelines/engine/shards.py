@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import tmp_path_for
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import ThresherError, UsageError
@@ -149,7 +149,9 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
         # Buffered reads of a column chunk instead of pre-buffering whole row groups: a shard written as
         # one big row group would otherwise be held in memory whole by every task that reads it.
-        return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        return pq.ParquetFile(storage.readable(path), buffer_size=1 << 20, pre_buffer=False)
+    except FileNotFoundError:
+        raise ThresherError(f"{path}: missing (deleted while the run read it?)") from None
     except (pa.ArrowException, OSError) as exc:
         raise ThresherError(f"{path}: not a readable Parquet file (truncated or corrupt?): {exc}") from None
 
@@ -194,7 +196,7 @@ class ShardSet:
         column_flags: Mapping[str, str] | None = None,
     ) -> ShardSet:
         """Open and check every shard's footer and schema up front, so bad input fails before any work."""
-        root = Path(root)
+        root = storage.location(root)
         if not root.exists():
             raise UsageError(f"{root}: input directory does not exist")
         if not root.is_dir():
@@ -269,7 +271,7 @@ def iter_batches(
         # A slice of a row group is read through a 1 MB buffer: by default a task would hold the whole
         # compressed column chunk (40 MB of text for 100k documents) to decode a few thousand rows of it.
         try:
-            pf = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+            pf = pq.ParquetFile(storage.readable(path), buffer_size=1 << 20, pre_buffer=False)
         except (pa.ArrowException, OSError):
             pf = _open_parquet(path)  # for its one-line error
     else:
@@ -311,7 +313,7 @@ class ShardWriter:
         self.schema = schema
         self.rows = 0
         self._closed = False
-        path.parent.mkdir(parents=True, exist_ok=True)
+        storage.make_dirs(path.parent)
         self._tmp = tmp_path_for(path)
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", write_statistics=True)
 
@@ -329,10 +331,10 @@ class ShardWriter:
     def close(self) -> FileRecord:
         self._closed = True
         self._writer.close()
-        os.replace(self._tmp, self.path)
-        return FileRecord(
-            path=str(self.path), size=self.path.stat().st_size, digest=file_digest(self.path), rows=self.rows
-        )
+        # Size and digest from the local file, before it goes: re-reading an uploaded object costs a GET.
+        size, digest = self._tmp.stat().st_size, file_digest(self._tmp)
+        storage.commit(self._tmp, self.path)
+        return FileRecord(path=str(self.path), size=size, digest=digest, rows=self.rows)
 
     def abort(self) -> None:
         if self._closed:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_path
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import UsageError
@@ -73,7 +74,7 @@ class TaskSpec:
         flat: list[str] = []
         names: dict[str, int] = {}
         for name, value in inputs.items():
-            paths = [value] if isinstance(value, str | Path) else list(value)
+            paths = [value] if storage.is_path(value) else list(value)
             flat.extend(str(p) for p in paths)
             names[name] = len(paths)
         return cls(key, tuple(flat), args or {}, rows, names)
@@ -83,7 +84,7 @@ class TaskSpec:
         start = 0
         for known, count in self.names.items():
             if known == name:
-                return [Path(p) for p in self.inputs[start : start + count]]
+                return [storage.location(p) for p in self.inputs[start : start + count]]
             start += count
         known_names = ", ".join(self.names) or "none (its inputs are positional)"
         raise KeyError(f"task {self.key} has no input named '{name}'; its inputs: {known_names}")
@@ -182,9 +183,9 @@ class TaskContext:
         """Record a written file (a path under the output, or a FileRecord); recording the same path
         again replaces the earlier entry."""
         if not isinstance(file, FileRecord):
-            path = Path(file)
+            path = storage.location(file)
             file = FileRecord(path=str(path), size=path.stat().st_size, digest=file_digest(path))
-        rel = Path(file.path).resolve().relative_to(self.stage.ctx.output.resolve()).as_posix()
+        rel = storage.resolved(file.path).relative_to(storage.resolved(self.stage.ctx.output)).as_posix()
         recorded = file.model_copy(update={"path": rel})
         self.outputs = [f for f in self.outputs if f.path != rel]
         self.outputs.append(recorded)

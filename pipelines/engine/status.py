@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.lock import lock_path
 from thresher.pipelines.engine.manifest import MANIFEST_NAME
 from thresher.pipelines.engine.plan import PLAN_NAME, Plan
@@ -56,17 +56,17 @@ class StepStatus:
 def record_recipe_steps(output: Path, steps: Sequence[tuple[str, str]]) -> None:
     """Note a recipe's (folder, stage) steps at the start of a run, so the steps not started yet show too."""
     entries = [{"folder": folder, "stage": stage} for folder, stage in steps]
-    atomic.write_json(Path(output) / STATE_DIR / RECIPE_STEPS, {"steps": entries})
+    atomic.write_json(storage.location(output) / STATE_DIR / RECIPE_STEPS, {"steps": entries})
 
 
 def is_stage_output(path: Path) -> bool:
-    return (Path(path) / STATE_DIR / PLAN_NAME).is_file()
+    return (storage.location(path) / STATE_DIR / PLAN_NAME).is_file()
 
 
 def run_steps(output: Path) -> list[tuple[Path, str | None]]:
     """(folder, stage if known) of a stage output, or of every step of a recipe output in order: the
     steps the last `thresher run` noted, and any stage folder found beside them."""
-    output = Path(output)
+    output = storage.location(output)
     if is_stage_output(output):
         return [(output, None)]
     steps: dict[Path, str | None] = {}
@@ -83,7 +83,7 @@ def run_steps(output: Path) -> list[tuple[Path, str | None]]:
 
 
 def is_recipe_output(path: Path) -> bool:
-    return Path(path).is_dir() and not is_stage_output(path) and bool(run_steps(path))
+    return storage.location(path).is_dir() and not is_stage_output(path) and bool(run_steps(path))
 
 
 def run_status(output: Path, live: bool = True) -> list[StepStatus]:

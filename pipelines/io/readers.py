@@ -12,7 +12,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
 from thresher.pipelines.engine.shards import iter_batches
 
@@ -43,9 +44,10 @@ def is_hf_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
 
 
-def expand_inputs(inputs: list[Path], output: Path | None = None) -> list[Path]:
+def expand_inputs(inputs: Sequence[str | Path], output: Path | None = None) -> list[Path]:
     """Files and dataset folders to read, in a stable order: folders are searched for supported files,
     leaving out `output` (an output folder inside an input folder would have a rerun read its own shards).
+    An input may be a local path or a URL, and a glob pattern of either (`'s3://b/dump/*.jsonl.zst'`).
 
     Each real file or folder is read once, however many links or arguments lead to it: a link back up
     the tree (`d/self -> d`) would otherwise be followed until the path grew too long, reading every file
@@ -53,9 +55,12 @@ def expand_inputs(inputs: list[Path], output: Path | None = None) -> list[Path]:
     """
     found: list[Path] = []
     seen: set[Path] = set()
-    exclude = Path(os.path.realpath(output)) if output else None
-    for path in inputs:
-        if not path.exists() and not path.is_symlink():
+    exclude = storage.resolved(output) if output else None
+    if exclude is not None and not storage.is_remote(exclude):
+        exclude = Path(os.path.realpath(exclude))
+    for given in _globbed(inputs):
+        path = storage.location(given)
+        if not path.exists() and not (not storage.is_remote(path) and path.is_symlink()):
             raise UsageError(f"{path}: input does not exist")
         real = _real_path(path, UsageError)
         if real in seen:
@@ -71,8 +76,26 @@ def expand_inputs(inputs: list[Path], output: Path | None = None) -> list[Path]:
     return found
 
 
+def _globbed(inputs: Sequence[str | Path]) -> list[str | Path]:
+    """Inputs with glob patterns replaced by the files they match (a pattern the shell did not expand:
+    quoted, or a URL); a path that exists as written is taken as it is, brackets and all."""
+    out: list[str | Path] = []
+    for given in inputs:
+        text = str(given)
+        if not storage.has_magic(text) or storage.location(text).exists():
+            out.append(given)
+            continue
+        matches = storage.glob(text)
+        if not matches:
+            raise UsageError(f"{text}: no input matches this pattern")
+        out.extend(matches)
+    return out
+
+
 def _real_path(path: Path, error: type[ThresherError] = ThresherError) -> Path:
     """The path with every link resolved; a link loop or a link to nothing is an error naming it."""
+    if storage.is_remote(path):
+        return path  # object stores have no links
     try:
         return Path(os.path.realpath(path, strict=True))
     except OSError as exc:
@@ -110,13 +133,14 @@ def _inputs_under(folder: Path, real: Path, output: Path | None, seen: set[Path]
 
 
 def _open_text(path: Path) -> IO[bytes]:
+    raw = storage.open_input(path, "rb")
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(raw, "rb")  # type: ignore[return-value]
     if path.name.endswith(".zst"):
         # pyarrow's stream, not zstandard's stream_reader: that one ends quietly at a cut-short file, so a
         # truncated download would be ingested in part without a word.
-        return io.BufferedReader(pa.input_stream(str(path), compression="zstd"))
-    return open(path, "rb")
+        return io.BufferedReader(pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "zstd"))
+    return raw
 
 
 def _jsonl_lines(path: Path, batch_rows: int) -> Iterator[pa.Table]:
@@ -316,8 +340,11 @@ def _rows_to_table(
 def _csv(path: Path, batch_rows: int, string_columns: list[str]) -> Iterator[pa.Table]:
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
     try:
+        source = storage.readable(path)
+        if storage.is_remote(path) and path.name.endswith(".gz"):
+            source = pa.CompressedInputStream(pa.PythonFile(source, mode="r"), "gzip")
         reader = pacsv.open_csv(
-            path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20)
+            source, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20)
         )
         for batch in reader:
             for start in range(0, batch.num_rows, batch_rows):
@@ -327,10 +354,15 @@ def _csv(path: Path, batch_rows: int, string_columns: list[str]) -> Iterator[pa.
 
 
 def _hf(path: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
+    with storage.local_folder(path) as folder:
+        yield from _hf_local(path, folder, batch_rows, split)
+
+
+def _hf_local(path: Path, folder: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
     import datasets
 
     try:
-        ds = datasets.load_from_disk(str(path))
+        ds = datasets.load_from_disk(str(folder))
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise ThresherError(f"{path}: cannot load the saved dataset ({exc})") from None
     if isinstance(ds, datasets.DatasetDict):
@@ -372,7 +404,7 @@ def parquet_rows(path: Path) -> int | None:
     """Row count when the format stores it, for progress bars."""
     if path.name.endswith(".parquet"):
         try:
-            return pq.ParquetFile(path).metadata.num_rows
+            return pq.ParquetFile(storage.readable(path)).metadata.num_rows
         except (pa.ArrowException, OSError):
             return None
     return None

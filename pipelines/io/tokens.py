@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import tmp_path_for
 from thresher.pipelines.engine.shards import ShardSet, iter_batches
 
@@ -163,7 +164,7 @@ def _gather(
     with open(target, "wb") as f:
         if not sizes.sum():
             return
-        tokens = np.memmap(source, dtype=dtype, mode="r")
+        tokens = np.memmap(storage.local_file(source), dtype=dtype, mode="r")
         for part in _chunks(sizes[order], chunk_tokens):
             picked = order[part]
             lengths = sizes[picked]
@@ -192,7 +193,7 @@ class TokenDataset:
     stored (its end-of-document token last)."""
 
     def __init__(self, prefix: Path) -> None:
-        files = TokenFiles(Path(prefix))
+        files = TokenFiles(storage.location(prefix))
         data = files.idx.read_bytes()
         if data[: len(MAGIC)] != MAGIC:
             raise ValueError(f"{files.idx}: not a Megatron indexed dataset index (bad magic)")
@@ -206,7 +207,11 @@ class TokenDataset:
         self.sizes = np.frombuffer(data, "<i4", count, at)
         self.pointers = np.frombuffer(data, "<i8", count, at + 4 * count)
         self.document_index = np.frombuffer(data, "<i8", doc_count, at + 12 * count)
-        self._tokens = np.memmap(files.bin, dtype=self.dtype, mode="r") if count else np.zeros(0, self.dtype)
+        self._tokens = (
+            np.memmap(storage.local_file(files.bin), dtype=self.dtype, mode="r")
+            if count
+            else np.zeros(0, self.dtype)
+        )
 
     def __len__(self) -> int:
         return len(self.sizes)

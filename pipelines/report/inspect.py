@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasketches import kll_doubles_sketch
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import MANIFEST_NAME, Manifest, RowCounts
 from thresher.pipelines.engine.shards import ShardSet, iter_batches
 from thresher.pipelines.engine.status import is_recipe_output, run_status
@@ -79,7 +80,7 @@ def lineage(path: Path) -> list[LineageStep]:
         seen.add(str(current.resolve()))
         m = Manifest.read(current)
         steps.append(LineageStep(str(current), m.stage, m.totals, [f.path for f in m.input.files]))
-        current = Path(m.input.path) if m.input.stage else None
+        current = storage.location(m.input.path) if m.input.stage else None
     return steps
 
 

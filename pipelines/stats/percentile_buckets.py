@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import write_json
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.pipelines.stats.order import is_missing
@@ -56,7 +57,7 @@ class BucketCutoffs(BaseModel):
         cls, path: Path, column: str, buckets: Sequence[str], group_column: str | None = None
     ) -> BucketCutoffs:
         try:
-            cutoffs = cls.model_validate_json(Path(path).read_bytes())
+            cutoffs = cls.model_validate_json(storage.location(path).read_bytes())
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             raise ThresherError(f"--cutoffs-file {path}: not a thresher cutoff file ({first})") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_open, write_json
 
 SAMPLE_EVERY = 1024
@@ -32,7 +33,7 @@ def save_run(path: Path, values: np.ndarray) -> None:
 
 def open_run(path: Path) -> np.ndarray:
     # Memory-mapped: a reader touches only the pages its binary searches and slices need.
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    return np.load(storage.local_file(path), mmap_mode="r", allow_pickle=False)
 
 
 def runs_index(path: Path) -> Path:

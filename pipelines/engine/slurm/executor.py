@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.errors import IncompleteRun, ThresherError
 from thresher.pipelines.engine.executor import pending_tasks, phase_records
 from thresher.pipelines.engine.manifest import TaskRecord
@@ -120,7 +120,7 @@ class SlurmExecutor:
 
     def run(self, plan: Plan) -> list[TaskRecord]:
         o = self.options
-        logs = plan.state_dir / "slurm"
+        logs = storage.local_mirror(plan.state_dir / "slurm")
         logs.mkdir(parents=True, exist_ok=True)
         if not o.dry_run:
             self._adopt(plan)
@@ -179,7 +179,7 @@ class SlurmExecutor:
     def show_later_step(self, stage: str, output: Path, phases: list[str]) -> None:
         """A dry run's view of a step that cannot be planned yet (its input is made by an earlier step):
         the jobs it will get, with the options this step runs with."""
-        state = output / STATE_DIR / "slurm"
+        state = storage.local_mirror(output / STATE_DIR / "slurm")
         for phase_index, name in enumerate(phases):
             text = array_script(stage, output, (phase_index, name), None, 1, self.options)
             self.reporter.message(

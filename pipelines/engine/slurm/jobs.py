@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.plan import Plan
 from thresher.pipelines.engine.shards import STATE_DIR
 
@@ -58,7 +58,7 @@ def parse_array_spec(spec: str) -> list[int]:
 
 
 def jobs_path(output: Path) -> Path:
-    return Path(output) / STATE_DIR / "slurm" / JOBS_FILE
+    return storage.location(output) / STATE_DIR / "slurm" / JOBS_FILE
 
 
 def read_jobs(plan: Plan) -> tuple[str | None, list[SubmittedJob]]:
@@ -106,6 +106,6 @@ def write_jobs(plan: Plan, jobs: list[SubmittedJob]) -> None:
 
 def recorded_job_ids(output: Path) -> list[str]:
     """Every job recorded for a stage output, or for every step of a recipe output."""
-    output = Path(output)
+    output = storage.location(output)
     files = [jobs_path(output), *sorted(output.glob(f"*/{STATE_DIR}/slurm/{JOBS_FILE}"))]
     return [str(entry["job"]) for f in files for entry in _read(f)[1]]

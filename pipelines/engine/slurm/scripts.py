@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.shards import STATE_DIR
 from thresher.pipelines.engine.slurm.jobs import array_spec
 
@@ -85,7 +86,7 @@ def array_script(
     """The job of one phase (or of the part of it that fits one array). `tasks` None: not known until
     the step before has run (a later step of a dry run)."""
     phase_index, name = phase
-    logs = output / STATE_DIR / "slurm"
+    logs = storage.local_mirror(output / STATE_DIR / "slurm")
     if tasks:
         array = array_spec(list(range(-(-len(tasks) // per_element))), options.max_concurrent)
     else:
@@ -110,7 +111,7 @@ def array_script(
 def continue_script(stage: str, output: Path, options: SlurmOptions) -> str:
     """The last job of a detached stage: the user's command once more, which finds every task done,
     writes the manifest, and submits the next step of a recipe (or nothing, at the end)."""
-    logs = output / STATE_DIR / "slurm"
+    logs = storage.local_mirror(output / STATE_DIR / "slurm")
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=thresher-{stage}-finish",

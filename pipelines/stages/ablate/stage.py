@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_open
 from thresher.pipelines.engine.digest import file_digest, value_digest
 from thresher.pipelines.engine.errors import ThresherError
@@ -92,7 +93,7 @@ class Ablate(Stage[AblateParams]):
         opened: dict[str, dict[str, ShardSet]] = {"train": {}, "eval": {}}
         for kind in ("train", "eval"):
             for name, folder in getattr(self.params, kind).items():
-                opened[kind][name] = ShardSet.open(Path(folder), ["id", column], [column])
+                opened[kind][name] = ShardSet.open(storage.location(folder), ["id", column], [column])
         return opened
 
     def side_inputs(self) -> list[Path]:
@@ -223,8 +224,8 @@ class Ablate(Stage[AblateParams]):
     def train(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.proxy_lm import train_proxy_lm
 
-        data = np.load(task.input("tokens"), allow_pickle=False)
-        val = np.load(task.input("val"), allow_pickle=False)
+        data = np.load(storage.readable(task.input("tokens")), allow_pickle=False)
+        val = np.load(storage.readable(task.input("val")), allow_pickle=False)
         name, seed = task.args["train"], task.args["seed"]
         fingerprint = value_digest(
             {
@@ -281,7 +282,9 @@ class Ablate(Stage[AblateParams]):
         for train in self.params.train:
             for eval_name in self.params.eval:
                 for seed in self._seeds():
-                    nll, count = np.load(self._losses(train, seed, eval_name), allow_pickle=False)
+                    nll, count = np.load(
+                        storage.readable(self._losses(train, seed, eval_name)), allow_pickle=False
+                    )
                     losses.setdefault((train, eval_name), []).append(nll)
                     tokens[eval_name] = count
         cells = compare(losses, tokens, list(self.params.train), self.params.bootstrap, self.ctx.seed)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_path
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.io.readers import read_source
@@ -109,7 +110,7 @@ class EvalIndex:
 
     @classmethod
     def load(cls, path: Path) -> EvalIndex:
-        with np.load(path) as data:
+        with np.load(storage.readable(path)) as data:
             return cls(data["hashes"], data["files"], int(data["n_files"]))
 
     def matches(self, hashes: np.ndarray, doc: np.ndarray, n_docs: int) -> tuple[np.ndarray, np.ndarray]:

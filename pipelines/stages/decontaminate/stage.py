@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
@@ -74,7 +75,7 @@ class Decontaminate(Stage[DecontaminateParams]):
     def _eval_files(self) -> list[Path]:
         if not self.params.against:
             raise UsageError("--against: name at least one evaluation file")
-        files = [Path(f) for f in self.params.against]
+        files = [storage.location(f) for f in self.params.against]
         if len(files) > np.iinfo(np.uint16).max:
             raise UsageError("--against: at most 65535 evaluation files; concatenate some of them")
         for f in files:
@@ -85,7 +86,7 @@ class Decontaminate(Stage[DecontaminateParams]):
     def _labels(self) -> list[str]:
         """How each evaluation file is named in details and the manifest: its file name, or the path as
         given where two files share a name."""
-        names = [Path(f).name for f in self.params.against]
+        names = [storage.location(f).name for f in self.params.against]
         return [n if names.count(n) == 1 else f for n, f in zip(names, self.params.against, strict=True)]
 
     def side_inputs(self) -> list[Path]:
@@ -131,7 +132,7 @@ class Decontaminate(Stage[DecontaminateParams]):
     def _loaded_index(self) -> EvalIndex:
         path = str(self.ctx.work / INDEX_FILE)
         if self._index is None or self._index[0] != path:
-            self._index = (path, EvalIndex.load(Path(path)))
+            self._index = (path, EvalIndex.load(storage.location(path)))
         return self._index[1]
 
     @phase()

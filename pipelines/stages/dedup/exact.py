@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.hash_buckets import (
     HashBucketWriter,
     buckets_for,
@@ -139,7 +140,7 @@ class ExactDedup(Stage):
     def _hash(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         shard = task.args["shard"]
         part = ShardPart.from_args(task.args, task.rows)
-        shard_path = Path(task.inputs[0])
+        shard_path = storage.location(task.inputs[0])
         writer = HashBucketWriter(self._hash_file(shard_path.name, part), self._n_buckets())
         offset = part.first_row
         for batch in iter_batches(shard_path, self.required_columns(), part=part):
@@ -176,7 +177,7 @@ class ExactDedup(Stage):
     def _filter(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         shard = task.args["shard"]
         files = [self._decision_file(b) for b in range(self._n_buckets())]
-        parts = [pq.read_table(p, filters=[("shard", "=", shard)]) for p in files]
+        parts = [pq.read_table(storage.readable(p), filters=[("shard", "=", shard)]) for p in files]
         decided = pa.concat_tables(parts).sort_by("row") if parts else DECISION_SCHEMA.empty_table()
         dup_rows = decided["row"].to_numpy()
         dup_of = decided["dup_of"]
@@ -192,7 +193,7 @@ class ExactDedup(Stage):
             )
             return BatchOutcome(batch.filter(pa.array(~is_dup)), dropped)
 
-        return map_batches(Path(task.inputs[0]), tc, drop_repeats, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, drop_repeats, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         decide = [r for r in records if r.phase == "decide"]

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.pipelines.engine import storage
+
 BAND_SCHEMA = pa.schema([("band", pa.int16()), ("key", pa.uint64()), ("doc", pa.int64())])
 PAIR_SCHEMA = pa.schema([("doc", pa.int64()), ("other", pa.int64())])
 CHUNK_ROWS = 65_536
@@ -22,7 +24,7 @@ CHUNK_ROWS = 65_536
 
 def band_runs(path: Path, band: int, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(keys, docs) chunks of one band of one band file, in key order."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(storage.readable(path))
     groups = [
         i
         for i in range(pf.metadata.num_row_groups)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.plan import phase_index_path, phase_outputs
@@ -101,7 +102,7 @@ def _row_groups_where(path: Path, column: str, value: int) -> pa.Table:
     """The rows of a file written a row group per value of `column`, for one value: its row groups are
     picked by their statistics, without `pq.read_table(filters=...)`, whose dataset layer imports pandas
     (half a second and 40 MB in every worker)."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(storage.readable(path))
     at = pf.schema_arrow.get_field_index(column)
     groups = [
         g
@@ -269,7 +270,7 @@ class MinHashDedup(Stage):
         p = self.params
         shard, bands, rows = task.args["shard"], task.args["bands"], task.args["rows"]
         part = ShardPart.from_args(task.args, task.rows)
-        shard_path = Path(task.inputs[0])
+        shard_path = storage.location(task.inputs[0])
         name = part.name(shard_path.name)
         meta_schema = self._meta_schema()
         meta = ShardWriter(self._work("meta", name), meta_schema)
@@ -340,7 +341,9 @@ class MinHashDedup(Stage):
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        pairs = [pq.ParquetFile(f).read() for f in phase_outputs(self.ctx.output, "buckets")]
+        pairs = [
+            pq.ParquetFile(storage.readable(f)).read() for f in phase_outputs(self.ctx.output, "buckets")
+        ]
         doc = np.concatenate([t["doc"].to_numpy() for t in pairs]) if pairs else np.zeros(0, np.int64)
         other = np.concatenate([t["other"].to_numpy() for t in pairs]) if pairs else np.zeros(0, np.int64)
         del pairs
@@ -390,12 +393,12 @@ class MinHashDedup(Stage):
         p = self.params
         shard = task.args["shard"]
         part = ShardPart.from_args(task.args, task.rows)
-        shard_path = Path(task.inputs[0])
+        shard_path = storage.location(task.inputs[0])
         base = np.int64(shard) << ROW_BITS
         lo, hi = base + part.first_row, base + part.first_row + (part.rows or (1 << ROW_BITS) - 1)
         if part.whole:
             lo, hi = base, base + (1 << ROW_BITS) - 1
-        everything = pq.ParquetFile(self.ctx.work / "components.parquet").read()
+        everything = pq.ParquetFile(storage.readable(self.ctx.work / "components.parquet")).read()
         lo_at, hi_at = np.searchsorted(everything["doc"].to_numpy(), [lo, hi])  # sorted by doc
         mine = everything.slice(lo_at, hi_at - lo_at)
         del everything
@@ -466,7 +469,7 @@ class MinHashDedup(Stage):
     def _signatures_of(self, docs: np.ndarray, task_index: int) -> pa.Array:
         """Signatures of `docs` (ascending) from the meta file of signatures task `task_index`."""
         path = self._signature_files("meta")[task_index]
-        table = pq.ParquetFile(path).read(columns=["doc", "signature"])
+        table = pq.ParquetFile(storage.readable(path)).read(columns=["doc", "signature"])
         at = np.searchsorted(table["doc"].to_numpy(), docs)
         return table["signature"].take(pa.array(at)).cast(pa.binary())
 
@@ -562,7 +565,7 @@ class MinHashDedup(Stage):
         shard = task.args["shard"]
         found = []
         for f in phase_outputs(self.ctx.output, "verify"):
-            table = pq.ParquetFile(f).read()
+            table = pq.ParquetFile(storage.readable(f)).read()
             lo, hi = np.searchsorted(table["shard"].to_numpy(), [shard, shard + 1])  # sorted by shard
             found.append(table.slice(lo, hi - lo))
         decided = (pa.concat_tables(found) if found else CLUSTER_SCHEMA.empty_table()).sort_by("row")
@@ -591,7 +594,7 @@ class MinHashDedup(Stage):
             )
             return BatchOutcome(table.filter(pc.invert(dup)), dropped)
 
-        return map_batches(Path(task.inputs[0]), tc, mark, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, mark, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         bands, rows = self.lsh_shape()

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow.compute as pc
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_open
 from thresher.pipelines.engine.digest import file_digest, value_digest
 from thresher.pipelines.engine.errors import ThresherError
@@ -119,7 +120,7 @@ def _checkpoints(stage: DoReMi, task: TaskSpec, every: int) -> Any:
             "phase": task.key,
             "params": stage.params.model_dump(mode="json", exclude={"checkpoint_every"}),
             "seed": stage.ctx.seed,
-            "inputs": [file_digest(Path(p)) for p in task.inputs],
+            "inputs": [file_digest(storage.location(p)) for p in task.inputs],
         }
     )
     return CheckpointPlan(stage.ctx.work / "checkpoints" / task.key, fingerprint, every)
@@ -149,7 +150,7 @@ class DoReMi(Stage):
 
     def _token_files(self, shard_name: str) -> tuple[Path, Path]:
         # Names built whole, not with with_suffix: a shard stem may hold dots of its own.
-        folder, stem = self.ctx.work / "tokens", Path(shard_name).stem
+        folder, stem = self.ctx.work / "tokens", storage.location(shard_name).stem
         return folder / f"{stem}.npy", folder / f"{stem}.domains.json"
 
     def phases(self) -> list[PhaseSpec]:
@@ -205,8 +206,8 @@ class DoReMi(Stage):
     def _tokenize(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.proxy_lm import encode_documents, load_tokenizer, token_dtype
 
-        shard = Path(task.inputs[0])
-        tokenizer = load_tokenizer(Path(task.inputs[1]))
+        shard = storage.location(task.inputs[0])
+        tokenizer = load_tokenizer(storage.location(task.inputs[1]))
         p = self.params
         parts: dict[str, list[np.ndarray]] = {}
         docs: dict[str, int] = {}
@@ -257,9 +258,9 @@ class DoReMi(Stage):
         from thresher.scorers.doremi import DomainStreams
 
         domains: dict[str, DomainStreams] = {}
-        files = [Path(p) for p in inputs if p.endswith(".npy")]
+        files = [storage.location(p) for p in inputs if p.endswith(".npy")]
         for tokens_path in files:
-            stream = np.load(tokens_path, mmap_mode="r", allow_pickle=False)
+            stream = np.load(storage.local_file(tokens_path), mmap_mode="r", allow_pickle=False)
             index_path = tokens_path.with_name(tokens_path.name.removesuffix(".npy") + ".domains.json")
             index = json.loads(index_path.read_text(encoding="utf-8"))
             for name, span in index.items():
@@ -287,7 +288,7 @@ class DoReMi(Stage):
             config,
             domains,
             mixture,
-            tokenizer=load_tokenizer(Path(task.inputs[-1])),
+            tokenizer=load_tokenizer(storage.location(task.inputs[-1])),
             out_dir=export,
             seed=self.ctx.seed,
             steps=self.params.reference_steps,
@@ -319,7 +320,7 @@ class DoReMi(Stage):
 
         token_files = tuple(p for p in task.inputs if p.endswith((".npy", ".domains.json")))
         domains = self._domains(token_files)
-        tokenizer_path = next(Path(p) for p in task.inputs if p.endswith(TOKENIZER_FILE))
+        tokenizer_path = next(storage.location(p) for p in task.inputs if p.endswith(TOKENIZER_FILE))
         p = self.params
         config = p.config()
         tokenizer = load_tokenizer(tokenizer_path)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import FileRecord, TaskRecord
@@ -91,7 +91,7 @@ class ScoreFilter(Stage):
         return self.ctx.work / "cutoff.json"
 
     def _rank_file(self, shard_name: str) -> Path:
-        return self.ctx.work / "ranks" / f"{Path(shard_name).stem}.npy"
+        return self.ctx.work / "ranks" / f"{storage.location(shard_name).stem}.npy"
 
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
@@ -169,7 +169,7 @@ class ScoreFilter(Stage):
     def _rank(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         keys = []
         offset = 0
-        for batch in iter_batches(Path(task.inputs[0]), self._read_columns()):
+        for batch in iter_batches(storage.location(task.inputs[0]), self._read_columns()):
             eligible = self._eligible(batch)
             rows = np.nonzero(eligible)[0]
             keys.append(self._keys(batch.filter(pa.array(eligible)), task.args["shard"], rows + offset))
@@ -182,7 +182,7 @@ class ScoreFilter(Stage):
 
     def _cutoff(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         assert self.params.top_fraction is not None
-        runs = [open_run(Path(p)) for p in task.inputs]
+        runs = [open_run(storage.location(p)) for p in task.inputs]
         cut = top_cutoff(runs, self.params.top_fraction, self._higher_is_better)
         result = {
             "eligible_rows": cut.rows,
@@ -202,7 +202,7 @@ class ScoreFilter(Stage):
         top: Callable[[pa.RecordBatch, np.ndarray], np.ndarray] | None = None
         top_detail = ""
         if self.params.top_fraction is not None:
-            decided = json.loads(Path(task.inputs[1]).read_text(encoding="utf-8"))
+            decided = json.loads(storage.location(task.inputs[1]).read_text(encoding="utf-8"))
             key = bytes.fromhex(decided["cutoff_key"]) if decided["cutoff_key"] else None
             cut = TopCutoff(decided["eligible_rows"], decided["scored_rows"], decided["keep_rows"], key, None)
             top_detail = (
@@ -255,7 +255,7 @@ class ScoreFilter(Stage):
                 )
             return BatchOutcome(batch.filter(pa.array(kept)), pa.concat_tables(parts))
 
-        return map_batches(Path(task.inputs[0]), tc, keep_best, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, keep_best, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         p = self.params

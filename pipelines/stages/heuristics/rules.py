@@ -64,6 +64,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.stages.heuristics.text_views import Pieces, TextBatch
 from thresher.pipelines.text.normalize import separator
@@ -372,10 +373,10 @@ class Blocklists:
 
     @classmethod
     def load(cls, word_files: Iterable[str], url_files: Iterable[str]) -> Blocklists:
-        entries = [e for path in word_files for e in read_list(Path(path))]
+        entries = [e for path in word_files for e in read_list(storage.location(path))]
         words = frozenset(e for e in entries if " " not in e)
         phrases = tuple(sorted(e for e in entries if " " in e))
-        domains = frozenset(_domain(e) for path in url_files for e in read_list(Path(path)))
+        domains = frozenset(_domain(e) for path in url_files for e in read_list(storage.location(path)))
         return cls(words, phrases, domains)
 
 

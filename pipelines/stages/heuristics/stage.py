@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, MapStage
@@ -193,7 +194,7 @@ class Heuristics(MapStage[HeuristicsParams]):
 
     def side_inputs(self) -> list[Path]:
         self.params.active_rules()  # a rule asked for without its file fails here, before any work
-        files = [Path(f) for f in (*self.params.word_blocklist, *self.params.url_blocklist)]
+        files = [storage.location(f) for f in (*self.params.word_blocklist, *self.params.url_blocklist)]
         for f in files:
             if not f.is_file():
                 raise UsageError(f"{f}: blocklist file does not exist")
@@ -207,8 +208,8 @@ class Heuristics(MapStage[HeuristicsParams]):
         # Absolute paths: a task may run from another directory (a Slurm array task). The files' digests
         # are side inputs, so replacing one reruns every task.
         return {
-            "word_blocklist": [str(Path(f).resolve()) for f in self.params.word_blocklist],
-            "url_blocklist": [str(Path(f).resolve()) for f in self.params.url_blocklist],
+            "word_blocklist": [str(storage.location(f).resolve()) for f in self.params.word_blocklist],
+            "url_blocklist": [str(storage.location(f).resolve()) for f in self.params.url_blocklist],
         }
 
     def start_task(self, task: TaskSpec) -> None:

@@ -6,7 +6,6 @@ proves ids are unique across all sources, so every later stage can name rows by 
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.pipelines.engine.hash_buckets import (
     HashBucketWriter,
@@ -73,12 +73,12 @@ class Ingest(Stage):
     params: IngestParams
 
     def raw_inputs(self) -> list[Path]:
-        return expand_inputs([Path(p) for p in self.params.inputs], self.ctx.output)
+        return expand_inputs(self.params.inputs, self.ctx.output)
 
     def phases(self) -> list[PhaseSpec]:
         sources = self.raw_inputs()
         # Derived ids and messages name a source by its path relative to the inputs' common folder.
-        root = Path(os.path.commonpath([str(s.parent) for s in sources]))
+        root = storage.common_folder(sources)
         rows = [parquet_rows(s) for s in sources]
         total = sum(r or self.params.rows_per_shard for r in rows)
         n = buckets_for(total)
@@ -106,7 +106,7 @@ class Ingest(Stage):
 
     def _read(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
-        source = Path(task.inputs[0])
+        source = storage.location(task.inputs[0])
         index = task.args["source"]
         label = task.args["label"]
         ids_writer = HashBucketWriter(
@@ -253,7 +253,7 @@ class Ingest(Stage):
         return out, None
 
     def _check_ids(self, task: TaskSpec) -> TaskResult:
-        table = read_bucket([Path(p) for p in task.inputs], task.args["bucket"])
+        table = read_bucket([storage.location(p) for p in task.inputs], task.args["bucket"])
         repeat, first = repeat_runs(table)
         if repeat.any():
             i = int(np.nonzero(repeat)[0][0])

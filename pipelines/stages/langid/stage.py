@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, MapStage
@@ -82,13 +83,13 @@ class LangID(MapStage[LangIDParams]):
         return {"model": str(self._model_path().resolve())}
 
     def setup(self) -> None:
-        if Path(self.params.model).exists():
+        if storage.location(self.params.model).exists():
             self.model = FastTextModel.load(self._model_path())
 
     def start_task(self, task: TaskSpec) -> None:
         # Normally the model `setup` loaded; a worker started elsewhere, where a relative --model does
         # not resolve, loads the planned path once instead (FastTextModel.load caches per process).
-        wanted = Path(task.args["model"])
+        wanted = storage.location(task.args["model"])
         if self.model is None or self.model.path != wanted:
             self.model = FastTextModel.load(wanted)
 

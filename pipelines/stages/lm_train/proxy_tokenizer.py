@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.pipelines.engine.shards import ShardSet, iter_batches
 from thresher.pipelines.engine.stage import PhaseSpec, TaskContext, TaskResult, TaskSpec
@@ -34,7 +35,7 @@ def train_tokenizer_task(
         nonlocal used
         row = 0
         for path in task.inputs:
-            for batch in iter_batches(Path(path), [text_column]):
+            for batch in iter_batches(storage.location(path), [text_column]):
                 for text in batch.column(0).to_pylist():
                     if row % every == 0 and text and text.strip():
                         used += 1

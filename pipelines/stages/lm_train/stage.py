@@ -27,6 +27,7 @@ import numpy as np
 import xxhash
 from pydantic import Field, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_open
 from thresher.pipelines.engine.digest import file_digest, value_digest
 from thresher.pipelines.engine.errors import ThresherError
@@ -104,7 +105,7 @@ class KenLMTrain(Stage):
     params: KenLMTrainParams
 
     def _tokens_file(self, shard_name: str) -> Path:
-        return self.ctx.work / "tokens" / (Path(shard_name).stem + ".txt")
+        return self.ctx.work / "tokens" / (storage.location(shard_name).stem + ".txt")
 
     def phases(self) -> list[PhaseSpec]:
         from thresher.scorers.kenlm_model import TOKENIZER_FILE
@@ -142,7 +143,7 @@ class KenLMTrain(Stage):
 
         def lines() -> Iterator[str]:
             for path in task.inputs:
-                for batch in _text_batches(Path(path), self.params.text_column, tc):
+                for batch in _text_batches(storage.location(path), self.params.text_column, tc):
                     for text in batch.column(0).to_pylist():
                         doc_lines = document_lines(text)
                         seen["docs"] += bool(doc_lines)
@@ -171,12 +172,11 @@ class KenLMTrain(Stage):
     def _tokenize(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.kenlm_model import load_sentencepiece
 
-        sp = load_sentencepiece(Path(task.inputs[1]))
+        sp = load_sentencepiece(storage.location(task.inputs[1]))
         out = self._tokens_file(task.key)
         lines = tokens = read = used = 0
-        out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(out, "w", encoding="utf-8") as f:
-            for batch in _text_batches(Path(task.inputs[0]), self.params.text_column, tc):
+            for batch in _text_batches(storage.location(task.inputs[0]), self.params.text_column, tc):
                 per_doc = [document_lines(text) for text in batch.column(0).to_pylist()]
                 read += batch.num_rows
                 used += sum(1 for doc in per_doc if doc)
@@ -197,18 +197,20 @@ class KenLMTrain(Stage):
         from thresher.scorers.kenlm_tools import arpa_ngram_counts, run_build_binary, run_lmplz
 
         p = self.params
-        token_files = [Path(t) for t in task.inputs[:-1]]
-        tokenizer = Path(task.inputs[-1])
+        # lmplz reads its input by name: token files of a remote output are fetched to local disk.
+        token_files = [storage.local_file(t) for t in task.inputs[:-1]]
+        tokenizer = storage.location(task.inputs[-1])
         if not any(f.stat().st_size for f in token_files):
             raise ThresherError(f"{self.ctx.input_path}: no text to train on (every document is empty)")
-        work = self.ctx.work
+        work = storage.scratch(self.ctx.work)
+        work.mkdir(parents=True, exist_ok=True)
         arpa = work / "model.arpa"
         run_lmplz(
             token_files,
             arpa,
             order=p.order,
             memory=p.lmplz_memory,
-            tmp_dir=Path(p.lmplz_tmp) if p.lmplz_tmp else work / "lmplz-tmp",
+            tmp_dir=storage.location(p.lmplz_tmp) if p.lmplz_tmp else work / "lmplz-tmp",
             log=work / "lmplz.log",
             prune=p.prune or (),
             discount_fallback=p.discount_fallback,
@@ -310,7 +312,7 @@ class ProxyTrain(Stage):
         return self.ctx.work / "tokenizer.json"
 
     def _token_files(self, shard_name: str) -> tuple[Path, Path]:
-        folder, stem = self.ctx.work / "tokens", Path(shard_name).stem
+        folder, stem = self.ctx.work / "tokens", storage.location(shard_name).stem
         return folder / f"{stem}.train.npy", folder / f"{stem}.val.npy"
 
     def phases(self) -> list[PhaseSpec]:
@@ -341,12 +343,14 @@ class ProxyTrain(Stage):
     def _tokenize(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.proxy_lm import encode_documents, load_tokenizer, token_dtype
 
-        tokenizer = load_tokenizer(Path(task.inputs[1]))
+        tokenizer = load_tokenizer(storage.location(task.inputs[1]))
         threshold = int(self.params.val_fraction * 2**32)
         parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
         docs = {"train": 0, "val": 0}
         read = 0
-        for batch in _text_batches(Path(task.inputs[0]), self.params.text_column, tc, with_ids=True):
+        for batch in _text_batches(
+            storage.location(task.inputs[0]), self.params.text_column, tc, with_ids=True
+        ):
             read += batch.num_rows
             split: dict[str, list[str]] = {"train": [], "val": []}
             ids = batch.column(ID_COLUMN).to_pylist()
@@ -372,8 +376,8 @@ class ProxyTrain(Stage):
     def _train(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         from thresher.scorers.proxy_lm import train_proxy_lm
 
-        files = [Path(p) for p in task.inputs[:-1]]
-        streams = [np.load(p, mmap_mode="r", allow_pickle=False) for p in files]
+        files = [storage.location(p) for p in task.inputs[:-1]]
+        streams = [np.load(storage.local_file(p), mmap_mode="r", allow_pickle=False) for p in files]
         train = [s for p, s in zip(files, streams, strict=True) if p.name.endswith(".train.npy")]
         val = [s for p, s in zip(files, streams, strict=True) if p.name.endswith(".val.npy")]
         config = self.params.config()
@@ -389,7 +393,7 @@ class ProxyTrain(Stage):
         shutil.rmtree(export, ignore_errors=True)
         report = train_proxy_lm(
             config,
-            tokenizer_path=Path(task.inputs[-1]),
+            tokenizer_path=storage.location(task.inputs[-1]),
             train_streams=train,
             val_streams=val,
             out_dir=export,

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import write_json
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import ThresherError, UsageError
@@ -208,7 +209,7 @@ class Mix(Stage):
         return [*super().string_columns(), self.params.domain_column]
 
     def _weights_path(self) -> Path:
-        path = Path(self.params.weights)
+        path = storage.location(self.params.weights)
         if not path.is_file():
             raise UsageError(f"--weights {path}: no such file")
         return path
@@ -216,7 +217,7 @@ class Mix(Stage):
     def _tokenizer_path(self) -> Path | None:
         if self.params.tokenizer is None:
             return None
-        path = Path(self.params.tokenizer)
+        path = storage.location(self.params.tokenizer)
         if not path.is_file():
             raise UsageError(
                 f"--tokenizer {path}: no such file (a tokenizers JSON file, e.g. tokenizer.json)"
@@ -295,11 +296,13 @@ class Mix(Stage):
 
     def _count(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
-        sizer = self._sizer(Path(task.inputs[1]) if len(task.inputs) > 1 else None)
+        sizer = self._sizer(storage.location(task.inputs[1]) if len(task.inputs) > 1 else None)
         histograms: dict[str | None, np.ndarray] = {}
         sizes_writer = ShardWriter(self._work("sizes", task.key), SIZES_SCHEMA)
         with sizes_writer:
-            for batch in iter_batches(Path(task.inputs[0]), [ID_COLUMN, p.text_column, p.domain_column]):
+            for batch in iter_batches(
+                storage.location(task.inputs[0]), [ID_COLUMN, p.text_column, p.domain_column]
+            ):
                 sizes = sizer(batch.column(p.text_column))
                 sizes_writer.write(pa.table({"tokens": sizes}, schema=SIZES_SCHEMA))
                 bins = key_bins(row_keys(batch.column(ID_COLUMN), self.ctx.seed))
@@ -324,11 +327,11 @@ class Mix(Stage):
 
     def _plan(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
-        weights_path = Path(task.inputs[-1])
+        weights_path = storage.location(task.inputs[-1])
         weights = read_weights(weights_path)
         units: dict[str | None, np.ndarray] = {}
         for path in task.inputs[:-1]:
-            table = pq.read_table(path)
+            table = pq.read_table(storage.readable(path))
             encoded = pc.dictionary_encode(table["domain"].combine_chunks())
             codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
             bins, tokens = table["bin"].to_numpy(), table["tokens"].to_numpy()
@@ -376,8 +379,8 @@ class Mix(Stage):
 
     def _sample(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
-        plan = json.loads(Path(task.inputs[2]).read_text(encoding="utf-8"))["domains"]
-        sizes = pq.read_table(task.inputs[1])["tokens"].to_numpy()
+        plan = json.loads(storage.location(task.inputs[2]).read_text(encoding="utf-8"))["domains"]
+        sizes = pq.read_table(storage.readable(task.inputs[1]))["tokens"].to_numpy()
         names = sorted(plan)
         passes = np.array([plan[n]["passes"] for n in names] + [0], np.int64)
         cutoffs = np.array([plan[n]["cutoff"] for n in names] + [0], np.int64)
@@ -421,7 +424,7 @@ class Mix(Stage):
                 )
             return BatchOutcome(kept, dropped)
 
-        result = map_shard(Path(task.inputs[0]), tc, choose, writes_dropped=True)
+        result = map_shard(storage.location(task.inputs[0]), tc, choose, writes_dropped=True)
         if offset != len(sizes):
             raise RuntimeError(f"mix: {task.key} has {offset} rows but its size file {len(sizes)}")
         # map_shard counted written rows; the accounting is of input rows (see the module docstring).

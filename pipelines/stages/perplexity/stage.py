@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_open
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import ThresherError
@@ -183,10 +184,10 @@ class PerplexityStage(Stage):
         return bool(self.params.buckets) and self.params.cutoffs_file is None
 
     def _scores_file(self, shard_name: str) -> Path:
-        return self.ctx.work / "scores" / (Path(shard_name).stem + ".npy")
+        return self.ctx.work / "scores" / (storage.location(shard_name).stem + ".npy")
 
     def _run_file(self, shard_name: str) -> Path:
-        return self.ctx.work / "sorted" / (Path(shard_name).stem + ".npy")
+        return self.ctx.work / "sorted" / (storage.location(shard_name).stem + ".npy")
 
     def _read_cutoffs(self, path: Path) -> BucketCutoffs:
         p = self.params
@@ -200,8 +201,8 @@ class PerplexityStage(Stage):
             extra: tuple[str, ...] = ()
             if self.params.buckets and self.params.cutoffs_file:
                 # Read now so a bad file fails before scoring; its digest joins the tasks' inputs.
-                self._read_cutoffs(Path(self.params.cutoffs_file))
-                extra = (str(Path(self.params.cutoffs_file).resolve()),)
+                self._read_cutoffs(storage.location(self.params.cutoffs_file))
+                extra = (str(storage.location(self.params.cutoffs_file).resolve()),)
             return [
                 PhaseSpec(
                     "score", [TaskSpec(s.name, (str(s.path), *extra), args, s.num_rows) for s in shards]
@@ -276,7 +277,7 @@ class PerplexityStage(Stage):
         scorers = _TaskScorers(self, task.args)
         cutoffs = None
         if self.params.buckets:
-            cutoffs = self._read_cutoffs(Path(task.inputs[1]))
+            cutoffs = self._read_cutoffs(storage.location(task.inputs[1]))
         tally = self._tally()
         buckets = _BucketCounts()
 
@@ -285,7 +286,11 @@ class PerplexityStage(Stage):
             return BatchOutcome(self._with_scores(batch, ppl, cutoffs, buckets))
 
         result = map_shard(
-            Path(task.inputs[0]), tc, annotate, writes_dropped=False, batch_rows=self.params.batch_rows
+            storage.location(task.inputs[0]),
+            tc,
+            annotate,
+            writes_dropped=False,
+            batch_rows=self.params.batch_rows,
         )
         result.extra = {**tally, **buckets.extra()}
         return result
@@ -294,7 +299,9 @@ class PerplexityStage(Stage):
         scorers = _TaskScorers(self, task.args)
         tally = self._tally()
         parts, groups = [], []
-        for batch in iter_batches(Path(task.inputs[0]), self._read_columns(), self.params.batch_rows):
+        for batch in iter_batches(
+            storage.location(task.inputs[0]), self._read_columns(), self.params.batch_rows
+        ):
             parts.append(self._score_texts(scorers, batch, tally))
             groups += self._groups(batch) or []
             tc.progress(batch.num_rows)
@@ -311,7 +318,7 @@ class PerplexityStage(Stage):
         p = self.params
         by_group: dict[str | None, list[np.ndarray]] = {}
         for path in task.inputs[::2]:
-            for group, run in load_group_runs(Path(path)).items():
+            for group, run in load_group_runs(storage.location(path)).items():
                 by_group.setdefault(group, []).append(run)
         every = [run for runs in by_group.values() for run in runs]
         documents = sum(len(r) for r in every)
@@ -353,8 +360,8 @@ class PerplexityStage(Stage):
         )
 
     def _bucket(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        scores = np.load(task.inputs[1], mmap_mode="r", allow_pickle=False)
-        cutoffs = self._read_cutoffs(Path(task.inputs[2]))
+        scores = np.load(storage.local_file(task.inputs[1]), mmap_mode="r", allow_pickle=False)
+        cutoffs = self._read_cutoffs(storage.location(task.inputs[2]))
         buckets = _BucketCounts()
         offset = 0
 
@@ -365,7 +372,11 @@ class PerplexityStage(Stage):
             return BatchOutcome(self._with_scores(batch, ppl, cutoffs, buckets))
 
         result = map_shard(
-            Path(task.inputs[0]), tc, annotate, writes_dropped=False, batch_rows=self.params.batch_rows
+            storage.location(task.inputs[0]),
+            tc,
+            annotate,
+            writes_dropped=False,
+            batch_rows=self.params.batch_rows,
         )
         result.extra = buckets.extra()
         return result
@@ -502,7 +513,7 @@ def _kenlm_scorer(model: str, tokenizer: str, threads: int) -> Any:
     # for a model per group: a shard mixing languages needs each of theirs in every task, as in cc_net.
     from thresher.scorers.kenlm_model import KenLMFiles, KenLMScorer
 
-    return KenLMScorer(KenLMFiles(Path(model), Path(tokenizer)), threads)
+    return KenLMScorer(KenLMFiles(storage.location(model), storage.location(tokenizer)), threads)
 
 
 class KenLMPerplexity(PerplexityStage):
@@ -524,7 +535,7 @@ class KenLMPerplexity(PerplexityStage):
         return {"model": str(files.model.resolve()), "tokenizer": str(files.tokenizer.resolve())}
 
     def model_files(self, args: dict[str, str]) -> list[Path]:
-        return [Path(args["model"]), Path(args["tokenizer"])]
+        return [storage.location(args["model"]), storage.location(args["tokenizer"])]
 
     def load_scorer(self, args: dict[str, str]) -> Any:
         return _kenlm_scorer(args["model"], args["tokenizer"], self.params.threads)
@@ -566,7 +577,7 @@ def _lm_scorer(folder: str, options: tuple[tuple[str, Any], ...]) -> Any:
     # them again in every task.
     from thresher.scorers.causal_lm import CausalLMScorer
 
-    return CausalLMScorer(Path(folder), **dict(options))
+    return CausalLMScorer(storage.location(folder), **dict(options))
 
 
 class LMPerplexity(PerplexityStage):
@@ -598,7 +609,7 @@ class LMPerplexity(PerplexityStage):
         return {"model": str(resolve_model_dir(model).resolve())}
 
     def model_files(self, args: dict[str, str]) -> list[Path]:
-        return [Path(args["model"])]
+        return [storage.location(args["model"])]
 
     def load_scorer(self, args: dict[str, str]) -> Any:
         return _lm_scorer(args["model"], self._options())

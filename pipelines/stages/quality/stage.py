@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import ThresherError, UsageError
 from thresher.pipelines.engine.manifest import FileRecord, RowCounts, TaskRecord
@@ -137,7 +138,7 @@ class QualityTrain(Stage):
         if self.params.negative is None:
             return None
         return ShardSet.open(
-            Path(self.params.negative),
+            storage.location(self.params.negative),
             self.required_columns(),
             self.string_columns(),
             self.params.column_flags(),
@@ -162,7 +163,7 @@ class QualityTrain(Stage):
 
             files.extend(model_files(p.base))
         if p.labels:
-            path = Path(p.labels)
+            path = storage.location(p.labels)
             if not path.is_file():
                 raise UsageError(f"--labels {p.labels}: file does not exist")
             files.append(path)
@@ -176,9 +177,11 @@ class QualityTrain(Stage):
         negatives = negative.shards if negative else []
         if p.label_column and not p.labels:
             _require_column(positives, p.label_column, "--label-column")
-        labels_file = str(Path(p.labels).resolve()) if p.labels else None
+        labels_file = str(storage.location(p.labels).resolve()) if p.labels else None
         if labels_file:
-            _read_labels(Path(labels_file), p.label_column or "")  # fail now, not after reading the shards
+            _read_labels(
+                storage.location(labels_file), p.label_column or ""
+            )  # fail now, not after reading the shards
         inputs = tuple(str(s.path.resolve()) for s in [*positives, *negatives])
         args = {"negative_from": len(positives), "labels_file": labels_file}
         rows = sum(s.num_rows for s in [*positives, *negatives])
@@ -191,9 +194,9 @@ class QualityTrain(Stage):
     def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
         n_shards = len(task.inputs) - (1 if task.args["labels_file"] else 0)
-        shards = [Path(x) for x in task.inputs[:n_shards]]
+        shards = [storage.location(x) for x in task.inputs[:n_shards]]
         side_labels = (
-            _read_labels(Path(task.args["labels_file"]), p.label_column or "")
+            _read_labels(storage.location(task.args["labels_file"]), p.label_column or "")
             if task.args["labels_file"]
             else None
         )
@@ -203,7 +206,7 @@ class QualityTrain(Stage):
             result = self._finetune_deberta(labelled, tc)
             result.counts = tally.counts()
             return result
-        work = self.ctx.work / "quality-train"
+        work = storage.scratch(self.ctx.work / "quality-train")
         files = write_training_files(
             labelled,
             work,
@@ -353,7 +356,7 @@ def _read_labels(path: Path, column: str) -> dict[str, str]:
 
             table = pj.read_json(path)
         else:
-            table = pq.read_table(path)
+            table = pq.read_table(storage.readable(path))
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).splitlines()[0]
         raise ThresherError(f"{path}: cannot read labels (Parquet or JSON lines expected): {first}") from None
@@ -441,8 +444,12 @@ class QualityScore(Stage):
 
     def run_task(self, phase: str, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
-        model = FastTextModel.load(Path(task.args["model"])) if task.args["model"] else None
-        langid = FastTextModel.load(Path(task.args["langid_model"])) if task.args["langid_model"] else None
+        model = FastTextModel.load(storage.location(task.args["model"])) if task.args["model"] else None
+        langid = (
+            FastTextModel.load(storage.location(task.args["langid_model"]))
+            if task.args["langid_model"]
+            else None
+        )
         histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
         languages: Counter[str] = Counter()
         total = 0.0
@@ -463,7 +470,7 @@ class QualityScore(Stage):
                 table = table.append_column(pa.field("lang_score", pa.float32()), [probs])
             return BatchOutcome(table)
 
-        result = map_shard(Path(task.inputs[0]), tc, add_scores, writes_dropped=False)
+        result = map_shard(storage.location(task.inputs[0]), tc, add_scores, writes_dropped=False)
         result.extra.update(
             {"histogram": histogram.tolist(), "score_sum": total, "languages": dict(languages)}
         )

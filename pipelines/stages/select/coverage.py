@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
@@ -52,7 +53,7 @@ def kcenter_seed(
     set_torch_threads(all_cores())
     files = [EmbeddingFiles(work, name) for name in shard_names]
     blocks = [EmbeddingFiles.open(f.vectors, dim) for f in files]
-    rows = [pq.read_table(f.rows)["row"].to_numpy() for f in files]
+    rows = [pq.read_table(storage.readable(f.rows))["row"].to_numpy() for f in files]
     result = kcenter_greedy(blocks, k, seed=seed)
     sizes = np.array([len(b) for b in blocks], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -82,7 +83,7 @@ def write_centres(out: Path, shard: np.ndarray, row: np.ndarray, order: np.ndarr
 
 
 def read_seed_rows(seed_file: Path, shard: int) -> tuple[np.ndarray, np.ndarray]:
-    table = pq.read_table(seed_file, filters=[("shard", "=", shard)]).sort_by("row")
+    table = pq.read_table(storage.readable(seed_file), filters=[("shard", "=", shard)]).sort_by("row")
     return table["row"].to_numpy(), table["order"].to_numpy()
 
 
@@ -104,7 +105,7 @@ class KCenterCoverage(InstructionStage):
     params: KCenterParams
 
     def side_inputs(self) -> list[Path]:
-        return [Path(f) for f in model_inputs(self.params.encoder)]
+        return [storage.location(f) for f in model_inputs(self.params.encoder)]
 
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
@@ -163,7 +164,9 @@ class KCenterCoverage(InstructionStage):
         writer = EmbeddingWriter(EmbeddingFiles(self.ctx.work, task.key))
         offset = missing = 0
         try:
-            for batch in iter_batches(Path(task.inputs[0]), self.read_columns(Path(task.inputs[0])), 2048):
+            for batch in iter_batches(
+                storage.location(task.inputs[0]), self.read_columns(storage.location(task.inputs[0])), 2048
+            ):
                 instructions, inputs, _ = self.row_texts(batch)
                 ok = np.array([i is not None for i in instructions], dtype=bool)
                 missing += int((~ok).sum())
@@ -189,7 +192,7 @@ class KCenterCoverage(InstructionStage):
         )
 
     def _select(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        seed_rows, order = read_seed_rows(Path(task.inputs[1]), task.args["shard"])
+        seed_rows, order = read_seed_rows(storage.location(task.inputs[1]), task.args["shard"])
 
         def pick(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
@@ -206,7 +209,7 @@ class KCenterCoverage(InstructionStage):
             dropped = dropped_table(table[ID_COLUMN].filter(pa.array(drop)), self.name, reasons)
             return BatchOutcome(table.filter(pa.array(hit)), dropped)
 
-        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         centers = next((r.extra for r in records if r.phase == "centers"), {})

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardSet, iter_batches
@@ -80,13 +80,15 @@ class DSIRSelect(Stage[DSIRParams]):
         return list(self.params.text_columns)
 
     def _target_set(self) -> ShardSet:
-        return ShardSet.open(Path(self.params.target), self.required_columns(), self.string_columns())
+        return ShardSet.open(
+            storage.location(self.params.target), self.required_columns(), self.string_columns()
+        )
 
     def side_inputs(self) -> list[Path]:
         return [s.path for s in self._target_set().shards]
 
     def _file(self, kind: str, name: str, suffix: str) -> Path:
-        return self.ctx.work / kind / f"{Path(name).stem}.{suffix}"
+        return self.ctx.work / kind / f"{storage.location(name).stem}.{suffix}"
 
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
@@ -154,7 +156,7 @@ class DSIRSelect(Stage[DSIRParams]):
     def fit(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         sums = {"raw": np.zeros(self.params.buckets), "target": np.zeros(self.params.buckets)}
         for path in task.input_list("counts"):
-            sums[path.parent.name] += np.load(path, allow_pickle=False)
+            sums[path.parent.name] += np.load(storage.readable(path), allow_pickle=False)
         # Add-one smoothing: an n-gram never seen on one side must not give an infinite weight.
         log_p = {k: np.log((v + 1) / (v.sum() + len(v))) for k, v in sums.items()}
         out = self.ctx.work / "logratio.npy"
@@ -165,7 +167,7 @@ class DSIRSelect(Stage[DSIRParams]):
 
     @phase()
     def score(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        logratio = np.load(task.input("logratio"), allow_pickle=False)
+        logratio = np.load(storage.readable(task.input("logratio")), allow_pickle=False)
         weights, keys, offset = [], [], 0
         for batch in self._read(task.input("shard"), tc):
             bucket, doc = features(self._texts(batch), self.params.buckets)
@@ -211,7 +213,7 @@ class DSIRSelect(Stage[DSIRParams]):
         shard = task.input("shard")
         stored = json.loads(task.input("cutoff").read_text(encoding="utf-8"))["key"]
         cut = np.array(bytes.fromhex(stored), KEY_DTYPE) if stored else None
-        weights = np.load(self._file("weights", shard.name, "npy"), allow_pickle=False)
+        weights = np.load(storage.readable(self._file("weights", shard.name, "npy")), allow_pickle=False)
         keys = open_run(self._file("keys", shard.name, "run"))
         # Each key carries its row's position in the shard: the selected keys name the selected rows.
         chosen = np.zeros(len(weights), bool)

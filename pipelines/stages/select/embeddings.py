@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.shards import ShardWriter
 from thresher.pipelines.engine.stage import StageParams, TaskContext
 from thresher.pipelines.stages.select.instruction import record_file
@@ -70,7 +71,7 @@ class EmbeddingFiles:
         n = path.stat().st_size // (4 * dim)
         if n == 0:
             return np.zeros((0, dim), np.float32)
-        return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
+        return np.memmap(storage.local_file(path), dtype=np.float32, mode="r", shape=(n, dim))
 
 
 class EmbeddingWriter:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import FileRecord
 from thresher.pipelines.engine.shards import ID_COLUMN
 from thresher.pipelines.engine.stage import Stage, StageParams, TaskContext
@@ -75,7 +76,7 @@ class InstructionStage(Stage):
 
     def read_columns(self, path: Path) -> list[str]:
         p = self.params
-        names = pq.read_schema(path).names
+        names = pq.read_schema(storage.readable(path)).names
         return [
             ID_COLUMN,
             p.instruction_column,

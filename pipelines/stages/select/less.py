@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
@@ -136,7 +136,7 @@ class LESSSelect(InstructionStage):
     # -- plan ----------------------------------------------------------------------------------------------
     def _target_set(self) -> ShardSet:
         return ShardSet.open(
-            Path(self.params.target),
+            storage.location(self.params.target),
             self.required_columns(),
             self.string_columns(),
             self.params.column_flags(),
@@ -145,7 +145,7 @@ class LESSSelect(InstructionStage):
     def side_inputs(self) -> list[Path]:
         return [
             *(s.path for s in self._target_set().shards),
-            *(Path(m) for m in model_inputs(self.params.model)),
+            *(storage.location(m) for m in model_inputs(self.params.model)),
         ]
 
     def _warmup_settings(self) -> Any:
@@ -280,7 +280,7 @@ class LESSSelect(InstructionStage):
         folder = self._paths()["checkpoints"]
         result = warmup_lora(p.model, examples, folder, settings, p.device)
         for c in result.checkpoints:
-            record_file(tc, Path(c.path))
+            record_file(tc, storage.location(c.path))
         record_file(tc, folder / CHECKPOINT_META)
         return TaskResult(
             extra={
@@ -367,7 +367,9 @@ class LESSSelect(InstructionStage):
         p = self.params
         featurizer = self._featurizer(p.threads)
         paths = self._paths()
-        target = np.load(paths["target"], allow_pickle=False)  # (checkpoints, n_target, k): small
+        target = np.load(
+            storage.readable(paths["target"]), allow_pickle=False
+        )  # (checkpoints, n_target, k): small
         subtasks = json.loads(paths["subtasks"].read_text(encoding="utf-8"))
         weights = np.array([c.learning_rate for c in featurizer.checkpoints], dtype=np.float64)
         files = self._shard_paths(task.key)
@@ -393,7 +395,9 @@ class LESSSelect(InstructionStage):
         try:
             batch_rows = int(np.clip(_FEATURE_VALUES_PER_BATCH // featurizer.dim, 16, 256))
             for batch in iter_batches(
-                Path(task.inputs[0]), self.read_columns(Path(task.inputs[0])), batch_rows
+                storage.location(task.inputs[0]),
+                self.read_columns(storage.location(task.inputs[0])),
+                batch_rows,
             ):
                 instructions, inputs, outputs = self.row_texts(batch)
                 ok = [
@@ -470,7 +474,9 @@ class LESSSelect(InstructionStage):
     # -- phase 4 -------------------------------------------------------------------------------------------
     def _cutoff(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         # Rows without a score are not ranked and never selected; the fraction is of the scored rows.
-        cut = top_cutoff([open_run(Path(path)) for path in task.inputs], self.params.fraction, True)
+        cut = top_cutoff(
+            [open_run(storage.location(path)) for path in task.inputs], self.params.fraction, True
+        )
         key = cut.key.hex() if cut.key else None
         atomic.write_json(self._paths()["cutoff"], {"k": cut.keep, "key": key})
         record_file(tc, self._paths()["cutoff"])
@@ -480,8 +486,8 @@ class LESSSelect(InstructionStage):
 
     # -- phase 5 -------------------------------------------------------------------------------------------
     def _select(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        scores = pq.read_table(task.inputs[1]).sort_by("row")
-        cutoff = json.loads(Path(task.inputs[2]).read_text(encoding="utf-8"))
+        scores = pq.read_table(storage.readable(task.inputs[1])).sort_by("row")
+        cutoff = json.loads(storage.location(task.inputs[2]).read_text(encoding="utf-8"))
         cut = np.array(bytes.fromhex(cutoff["key"]), KEY_DTYPE) if cutoff["key"] else None
         values = scores[SCORE_COLUMN].to_numpy(zero_copy_only=False).astype(np.float64)
         subtask = scores[SUBTASK_COLUMN]
@@ -510,7 +516,7 @@ class LESSSelect(InstructionStage):
             dropped = dropped_table(table[ID_COLUMN].filter(pa.array(drop)), self.name, reasons, details)
             return BatchOutcome(table.filter(pa.array(keep)), dropped)
 
-        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         by_phase: dict[str, list[TaskRecord]] = {}

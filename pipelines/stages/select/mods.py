@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardWriter, dropped_table, iter_batches
@@ -127,7 +128,9 @@ class MoDSSelect(InstructionStage):
 
     def side_inputs(self) -> list[Path]:
         p = self.params
-        return [Path(f) for f in model_inputs(p.reward_model, p.encoder, p.model, p.finetuned_model)]
+        return [
+            storage.location(f) for f in model_inputs(p.reward_model, p.encoder, p.model, p.finetuned_model)
+        ]
 
     def _files(self, shard_name: str) -> dict[str, Path]:
         work = self.ctx.work
@@ -273,7 +276,7 @@ class MoDSSelect(InstructionStage):
         for i, shard in enumerate(self.ctx.input.shards):
             files = self._files(shard.name)
             vectors = EmbeddingFiles.open(files["vectors"], dim)
-            rows = pq.read_table(files["rows"])["row"].to_numpy()
+            rows = pq.read_table(storage.readable(files["rows"]))["row"].to_numpy()
             seed_rows, _ = read_seed_rows(seed_file, i)
             necessity = read_necessity_table(files["necessity"])
             status = np.asarray(necessity["status"].to_pylist(), dtype=object)
@@ -316,7 +319,9 @@ class MoDSSelect(InstructionStage):
         passed_scores: list[float] = []
         offset = 0
         try:
-            for batch in iter_batches(Path(task.inputs[0]), self.read_columns(Path(task.inputs[0])), 2048):
+            for batch in iter_batches(
+                storage.location(task.inputs[0]), self.read_columns(storage.location(task.inputs[0])), 2048
+            ):
                 instructions, inputs, outputs = self.row_texts(batch)
                 scores, truncated = reward_scores(scorer, instructions, inputs, outputs)
                 stats["truncated"] += truncated
@@ -367,11 +372,11 @@ class MoDSSelect(InstructionStage):
 
     def _necessity(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         p = self.params
-        quality = pq.read_table(task.inputs[1]).sort_by("row")
+        quality = pq.read_table(storage.readable(task.inputs[1])).sort_by("row")
         passed_rows = quality["row"].to_numpy()[
             pc.equal(quality["status"], PASSED).to_numpy(zero_copy_only=False)
         ]
-        seed_rows, _ = read_seed_rows(Path(task.inputs[2]), task.args["shard"])
+        seed_rows, _ = read_seed_rows(storage.location(task.inputs[2]), task.args["shard"])
         candidates = np.setdiff1d(passed_rows, seed_rows, assume_unique=True)
 
         def candidate(rows: np.ndarray, batch: pa.RecordBatch) -> np.ndarray:
@@ -379,20 +384,22 @@ class MoDSSelect(InstructionStage):
 
         model = p.finetuned_model or str(self.ctx.output / MODEL_DIR)
         out = self._files(task.key)["necessity"]
-        return TaskResult(extra=score_necessity(self, Path(task.inputs[0]), candidate, out, model, tc))
+        return TaskResult(
+            extra=score_necessity(self, storage.location(task.inputs[0]), candidate, out, model, tc)
+        )
 
     def _select(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
-        quality = pq.read_table(task.inputs[1]).sort_by("row")
+        quality = pq.read_table(storage.readable(task.inputs[1])).sort_by("row")
         q_scores = quality[REWARD_COLUMN].to_numpy(zero_copy_only=False)
         q_status = np.asarray(quality["status"].to_pylist(), dtype=object)
-        seed_rows, order = read_seed_rows(Path(task.inputs[2]), task.args["shard"])
-        necessity = read_necessity_table(Path(task.inputs[3]))
+        seed_rows, order = read_seed_rows(storage.location(task.inputs[2]), task.args["shard"])
+        necessity = read_necessity_table(storage.location(task.inputs[3]))
         n_rows = necessity["row"].to_numpy()
         n_scores = necessity[NECESSITY_COLUMN].to_numpy(zero_copy_only=False)
         n_status = np.asarray(necessity["status"].to_pylist(), dtype=object)
         augmented = len(task.inputs) > 4
         if augmented:
-            aug_rows, aug_order = read_seed_rows(Path(task.inputs[4]), task.args["shard"])
+            aug_rows, aug_order = read_seed_rows(storage.location(task.inputs[4]), task.args["shard"])
 
         def pick(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
@@ -427,7 +434,7 @@ class MoDSSelect(InstructionStage):
             )
             return BatchOutcome(table.filter(pa.array(keep)), dropped)
 
-        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         quality: Counter[str] = Counter()

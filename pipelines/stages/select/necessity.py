@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_batches
 from thresher.pipelines.engine.shards import ID_COLUMN, ShardSet, ShardWriter, dropped_table, iter_batches
@@ -198,7 +199,7 @@ def necessity_totals(records: list[TaskRecord]) -> dict[str, Any]:
 
 
 def read_necessity_table(path: Path) -> pa.Table:
-    return pq.read_table(path).sort_by("row")
+    return pq.read_table(storage.readable(path)).sort_by("row")
 
 
 class NecessityParams(InstructionParams, RewardParams, NecessityModelParams):
@@ -225,7 +226,7 @@ class Necessity(InstructionStage):
 
     def _seed_set(self) -> ShardSet:
         return ShardSet.open(
-            Path(self.params.seed_set),
+            storage.location(self.params.seed_set),
             self.required_columns(),
             self.string_columns(),
             self.params.column_flags(),
@@ -234,7 +235,7 @@ class Necessity(InstructionStage):
     def side_inputs(self) -> list[Path]:
         p = self.params
         models = model_inputs(p.reward_model, p.model, p.finetuned_model)
-        return [*(s.path for s in self._seed_set().shards), *(Path(m) for m in models)]
+        return [*(s.path for s in self._seed_set().shards), *(storage.location(m) for m in models)]
 
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
@@ -304,13 +305,15 @@ class Necessity(InstructionStage):
                 return ~in_seed & present
 
             out = self.ctx.work / "necessity" / task.key
-            extra = score_necessity(self, Path(task.inputs[0]), candidate, out, self._tuned_model(), tc)
+            extra = score_necessity(
+                self, storage.location(task.inputs[0]), candidate, out, self._tuned_model(), tc
+            )
             return TaskResult(extra=extra)
         return self._select(task, tc, seed_ids)
 
     def _select(self, task: TaskSpec, tc: TaskContext, seed_ids: pa.Array) -> TaskResult:
         p = self.params
-        results = read_necessity_table(Path(task.inputs[1]))
+        results = read_necessity_table(storage.location(task.inputs[1]))
         result_rows = results["row"].to_numpy()
         result_status = np.asarray(results["status"].to_pylist(), dtype=object)
         result_scores = results[NECESSITY_COLUMN].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -333,7 +336,7 @@ class Necessity(InstructionStage):
             dropped = dropped_table(table[ID_COLUMN].filter(pa.array(drop)), self.name, reasons, details)
             return BatchOutcome(table.filter(pa.array(keep)), dropped)
 
-        return map_batches(Path(task.inputs[0]), tc, pick, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, pick, writes_dropped=True)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         finetune = next((r.extra for r in records if r.phase == "finetune"), {})

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, map_shard
 from thresher.pipelines.engine.shards import ID_COLUMN, dropped_table
@@ -86,7 +87,7 @@ class RewardScore(InstructionStage):
     params: RewardScoreParams
 
     def side_inputs(self) -> list[Path]:
-        return [Path(f) for f in model_inputs(self.params.reward_model)]
+        return [storage.location(f) for f in model_inputs(self.params.reward_model)]
 
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
@@ -135,7 +136,7 @@ class RewardScore(InstructionStage):
             )
             return BatchOutcome(table.filter(pa.array(keep)), dropped)
 
-        result = map_shard(Path(task.inputs[0]), tc, score, writes_dropped=True, batch_rows=2048)
+        result = map_shard(storage.location(task.inputs[0]), tc, score, writes_dropped=True, batch_rows=2048)
         result.extra.update({"truncated": stats["truncated"], UNSCORABLE: stats[UNSCORABLE]})
         result.extra["kept_score_quantiles"] = score_quantiles(kept_scores)
         return result

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, MapStage
@@ -48,7 +49,7 @@ class Tokenize(MapStage[TokenizeParams]):
         return False
 
     def _tokenizer_path(self) -> Path:
-        return check_path(Path(self.params.tokenizer))
+        return check_path(storage.location(self.params.tokenizer))
 
     def side_inputs(self) -> list[Path]:
         # Its digest joins the fingerprint: replacing the tokenizer reruns every task.
@@ -80,5 +81,5 @@ class Tokenize(MapStage[TokenizeParams]):
         return {
             "tokens": tokens,
             "tokens_per_document": round(tokens / rows, 3) if rows else 0.0,
-            "tokenizer": str(Path(self.params.tokenizer).resolve()),
+            "tokenizer": str(storage.location(self.params.tokenizer).resolve()),
         }
