@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO := out/demo
 
-.PHONY: install system-deps kenlm-tools demo test test-slow lint format bench clean
+.PHONY: install system-deps kenlm-tools demo test test-slow lint format schema bench clean
 
 # Debian packages: Slurm and munge (the Slurm executor's tests run a real one), Chromium (the HTML report
 # is opened in a headless browser), and what KenLM's lmplz/build_binary build with. Needs root; installs
@@ -55,6 +55,11 @@ demo: install
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# docs/manifest.schema.json from the pydantic model (tests/test_engine.py keeps the two in step).
+schema: $(STAMP)
+	$(BIN)/python -c "from thresher.pipelines.engine.manifest import manifest_json_schema as s; \
+		open('docs/manifest.schema.json', 'w').write(s())"
 
 format: install
 	$(BIN)/ruff check --fix .

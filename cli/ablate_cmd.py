@@ -12,6 +12,7 @@ from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, execu
 from thresher.cli.options import common_parameters, pop_common
 from thresher.cli.render import console
 from thresher.cli.stage_commands import _field_option, from_cli
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.executor import run_stage
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
@@ -31,7 +32,7 @@ def _named_sets(values: list[str] | None, flag: str) -> dict[str, str]:
             raise UsageError(f"{flag} {value}: expected NAME=DIR, e.g. {flag} curated=data/09-top-quality")
         if name in sets:
             raise UsageError(f"{flag} {name}: named twice")
-        sets[name] = str(Path(folder).resolve())
+        sets[name] = str(storage.resolved(folder))
     if not sets:
         raise UsageError(f"{flag} NAME=DIR is required (repeat it for several sets)")
     return sets
@@ -50,7 +51,7 @@ def ablate(**kwargs: Any) -> None:
     manifest = run_stage(
         Ablate.name,
         params,
-        Path(next(iter(train.values()))),
+        storage.location(next(iter(train.values()))),
         output,
         seed=seed or 0,
         workers=workers,
@@ -104,7 +105,7 @@ def _signature() -> inspect.Signature:
     fields = [
         _field_option(n, f) for n, f in Ablate.Params.model_fields.items() if n not in (*NAMED, *DERIVED)
     ]
-    return inspect.Signature([output, *own, *fields, *common_parameters(), *executor_parameters()])
+    return inspect.Signature([output, *own, *fields, *common_parameters(trial=False), *executor_parameters()])
 
 
 ablate.__signature__ = _signature()  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from rich.table import Table
 from thresher.cli import ablate_cmd, run_cmd, stage_commands
 from thresher.cli.errors import ThresherGroup
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import common_parameters, pop_common, storage_parameters
+from thresher.cli.options import common_parameters, pop_common, storage_parameters, trial_output
 from thresher.cli.render import console, lineage_table, steps_table
 from thresher.pipelines.engine import registry, storage
 from thresher.pipelines.engine.errors import UsageError
@@ -140,22 +140,27 @@ def apply(**kwargs: Any) -> None:
         thresher apply heuristics data/00-ingest data/01-heuristics -p rules=gopher_quality,c4
     """
     workers, seed, force, quiet, log_file = pop_common(kwargs)
+    limit = kwargs.pop("limit")
+    output_dir = trial_output(kwargs["output_dir"], limit)
     cls = registry.get_stage(kwargs["stage"])
     configure_logging(quiet, log_file)
     reporter = make_reporter(quiet)
     make_executor = executor_factory({k: kwargs.pop(k) for k in EXECUTOR_KEYS}, reporter)
-    with storage.named_errors(kwargs["input_dir"], kwargs["output_dir"]):
+    with storage.named_errors(kwargs["input_dir"], output_dir):
         run_stage(
             cls.name,
             cls.Params.model_validate(_param_values(kwargs["param"] or [], cls.Params)),
             kwargs["input_dir"],
-            kwargs["output_dir"],
+            output_dir,
             seed=seed or 0,
             workers=workers,
             force=force,
             reporter=reporter,
             executor=make_executor({}),
+            limit=limit,
         )
+    if limit is not None:
+        reporter.message(f"trial run (first {limit:,} rows of each input) written to {output_dir}")
 
 
 def _apply_signature() -> inspect.Signature:

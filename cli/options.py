@@ -29,6 +29,7 @@ def option(
 def common_parameters(
     seed_default: int | None = 0,
     seed_help: str = "Seed for every random choice; same seed, same output bytes.",
+    trial: bool = True,
 ) -> list[inspect.Parameter]:
     def opt(name: str, kind: Any, default: Any, *decls: str, help: str, **extra: Any) -> inspect.Parameter:
         return option(name, kind, default, *decls, help=help, panel=COMMON_PANEL, **extra)
@@ -53,8 +54,30 @@ def common_parameters(
         ),
         opt("quiet", bool, False, "--quiet", "-q", help="Print errors only."),
         opt("log_file", Path | None, None, "--log-file", help="Also append plain log records to this file."),
+        *([limit_parameter()] if trial else []),
         *storage_parameters(),
     ]
+
+
+def limit_parameter() -> inspect.Parameter:
+    return option(
+        "limit",
+        int | None,
+        None,
+        "--limit",
+        metavar="N",
+        min=1,
+        help="A trial run: only the first N rows of each input (each raw file, or the input shard set), "
+        "written to OUTPUT.limit-N beside OUTPUT, so it never mixes with a full run's tasks.",
+        panel=COMMON_PANEL,
+    )
+
+
+def trial_output(output: Path, limit: int | None) -> Path:
+    """Where a run writes: OUTPUT itself, or OUTPUT.limit-N for a trial run of N rows."""
+    if limit is None:
+        return output
+    return storage.location(f"{str(output).rstrip('/')}.limit-{limit}")
 
 
 def storage_parameters() -> list[inspect.Parameter]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import apply_storage, storage_parameters
+from thresher.cli.options import apply_storage, limit_parameter, storage_parameters, trial_output
 from thresher.cli.render import console, lineage_table
 from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
@@ -48,6 +48,7 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Rerun every step from scratch.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
     log_file: Annotated[Path | None, typer.Option(help="Also append plain log records to this file.")] = None,
+    limit: int | None = None,
     **executor_options: Any,
 ) -> None:
     """Run a recipe: every step in order, each in OUTPUT/NN-<step>/. Finished steps are skipped and
@@ -61,6 +62,7 @@ def run(
     from thresher.pipelines.engine.recipe import load_recipe
 
     configure_logging(quiet, log_file)
+    output = trial_output(output, limit)
     loaded = load_recipe(recipe)
     run_seed = seed if seed is not None else (loaded.seed or 0)
     reporter = make_reporter(quiet)
@@ -73,8 +75,21 @@ def run(
         force=force,
         reporter=reporter,
         executor=executor_factory(executor_options, reporter),
+        limit=limit,
     )
+    if limit is not None:
+        reporter.message(f"trial run (first {limit:,} rows of each input) written to {output}")
     if not quiet and manifests:
+        if manifests[-1].stage == "ablate":
+            from thresher.cli.ablate_cmd import results_table
+
+            # The recipe ends in its own ablation: the answer to "did it help" is the last thing shown.
+            curated = sorted(p for p in output.iterdir() if p.is_dir() and (p / "_manifest.json").exists())[
+                -2
+            ]
+            console.print(lineage_table(lineage(curated)))
+            console.print(results_table(manifests[-1].summary))
+            return
         last = sorted(p for p in output.iterdir() if p.is_dir() and (p / "_manifest.json").exists())[-1]
         console.print(lineage_table(lineage(last)))
 
@@ -138,8 +153,10 @@ def report(
         Path | None, typer.Option("--to", parser=location, help="Where to write; default OUTPUT/report.html.")
     ] = None,
 ) -> None:
-    """Write one self-contained HTML report (opens offline): rows kept and dropped per stage and reason,
-    histograms of every score column, dedup cluster sizes, and the manifest lineage.
+    """Write one self-contained HTML report (opens offline): rows kept and dropped per stage and reason
+    (one fixed colour per reason), the lineage table with tokens, each filter's score before and after with
+    its cutoff, the quality classifier's held-out metrics and reliability plot, example documents per drop
+    reason, dedup cluster sizes, and an ablation's table and learning curves.
 
     Example:
 
@@ -160,9 +177,10 @@ def register(app: typer.Typer) -> None:
     own = [
         p
         for p in inspect.signature(run, eval_str=True).parameters.values()
-        if p.kind != inspect.Parameter.VAR_KEYWORD
+        if p.kind != inspect.Parameter.VAR_KEYWORD and p.name != "limit"
     ]
-    command.__signature__ = inspect.Signature([*own, *storage_parameters(), *executor_parameters()])  # type: ignore[attr-defined]
+    params = [*own, limit_parameter(), *storage_parameters(), *executor_parameters()]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = run.__doc__
     app.command("run", help=run.__doc__)(command)
     app.command("status")(status)

@@ -15,7 +15,7 @@ import typer
 from pydantic.fields import FieldInfo
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import common_parameters, pop_common
+from thresher.cli.options import common_parameters, pop_common, trial_output
 from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.executor import run_stage
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
@@ -123,7 +123,8 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
 
     def run_command(**kwargs: Any) -> None:
         workers, seed, force, quiet, log_file = pop_common(kwargs)
-        output_dir = kwargs.pop("output_dir")
+        limit = kwargs.pop("limit")
+        output_dir = trial_output(kwargs.pop("output_dir"), limit)
         values = {k: from_cli(fields[k], v) for k, v in kwargs.items() if k in fields}
         if files_input:
             sources = [_source(p) for p in kwargs["inputs"]]
@@ -145,7 +146,10 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             force=force,
             reporter=reporter,
             executor=make_executor({}),
+            limit=limit,
         )
+        if limit is not None:
+            reporter.message(f"trial run (first {limit:,} rows of each input) written to {output_dir}")
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__name__ = cls.name.replace("-", "_")

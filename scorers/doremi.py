@@ -26,13 +26,12 @@ transformers are imported inside the functions. Nothing is pickled: models are w
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import os
 
 import numpy as np
 

@@ -92,3 +92,54 @@ def test_named_sets_are_checked_on_the_command_line(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--train nodir: expected NAME=DIR" in bad.stderr
     missing = run_cli("ablate", str(tmp_path / "o"), "--train", f"a={tmp_path}", check=False)
     assert missing.returncode == 2 and "--eval NAME=DIR is required" in missing.stderr
+
+
+def test_a_recipe_ending_in_ablate_compares_its_output_with_its_input(tmp_path: Path) -> None:
+    """`ablate: {baseline: input, eval: ...}` at the end of a recipe: the run's raw input (ingested) and
+    the recipe's output train identical proxy LMs, compared on held-out text named relative to the recipe."""
+    rows = [
+        {"text": t, "kind": kind}
+        for table, kind in ((sentences(300, 2), "clean"), (noise(300, 1), "noise"))
+        for t in table["text"].to_pylist()
+    ]
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipes = tmp_path / "recipes"
+    write_shards(sentences(100, 3), recipes / "heldout", rows_per_shard=100)
+    (recipes / "clean-only.yaml").write_text(
+        """
+name: clean-only
+stages:
+  - stage: ingest
+  - stage: filter
+    params: {where: "kind == 'clean'"}
+ablate:
+  baseline: input
+  eval: {clean: heldout}
+  tokens: 12000
+  seeds: 2
+  vocab_size: 300
+  n_embd: 32
+  n_layer: 1
+  n_head: 2
+  context_length: 32
+  batch_size: 8
+  device: cpu
+  threads: 1
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    shown = run_cli("run", str(recipes / "clean-only.yaml"), "-i", str(raw), "-o", str(out), "-w", "2").stdout
+    steps = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    assert steps == ["00-ingest", "01-filter", "02-ablate"]
+    results = json.loads((out / "02-ablate" / "ablation.json").read_text())
+    assert results["baseline"] == "input"
+    cells = {(c["train"], c["eval"]): c for c in results["results"]}
+    curated = cells[("clean-only", "clean")]
+    params = json.loads((out / "02-ablate" / "_manifest.json").read_text())["params"]
+    assert params["train"] == {"input": str(out / "00-ingest"), "clean-only": str(out / "01-filter")}
+    assert params["eval"] == {"clean": str(recipes / "heldout")}
+    # Half the baseline's tokens are noise: the recipe's output wins by more than the interval.
+    assert curated["diff"] < 0 and curated["diff_high"] < 0
+    assert "vs input" in shown and "clean-only" in shown

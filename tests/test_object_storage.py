@@ -214,6 +214,10 @@ def test_killed_mid_stage_on_s3_resumes_from_its_finished_tasks(
     assert on_disk.returncode == 0, on_disk.stderr
     assert parquet_objects(s3, bucket, "ingested/") == parquet_files(tmp_path / "ingested")
     assert not [k for k in objects(s3, bucket, "ingested/") if "lease" in k]
+    forced = thresher(env, "ingest", f"s3://{bucket}/raw/", out, "--workers", "1", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "(0 already done)" in forced.stderr
+    assert parquet_objects(s3, bucket, "ingested/") == parquet_files(tmp_path / "ingested")
 
 
 @pytest.fixture(scope="module")
@@ -338,3 +342,18 @@ def test_an_input_object_deleted_mid_run_fails_in_one_line_without_a_manifest(
     assert f"s3://{bucket}/corpus/{last}" in said[0] and "Traceback" not in err
     stored = objects(s3, bucket, "gated/")
     assert "_manifest.json" not in stored and "_thresher/lease.json" not in stored
+
+
+def test_slurm_runs_a_stage_from_s3_to_s3_like_the_local_executor(
+    s3: S3Server, bucket: str, slurm: dict[str, str]
+) -> None:
+    corpus = ingest_corpus(s3, bucket, rows=300, rows_per_shard=100)
+    # The array tasks get the store's endpoint and credentials from the submitter's environment.
+    env = s3.env(slurm)
+    local = thresher(env, "dedup", "exact", corpus, f"s3://{bucket}/local", "-q")
+    assert local.returncode == 0, local.stderr
+    on_slurm = thresher(env, "dedup", "exact", corpus, f"s3://{bucket}/slurm", "-q", "--executor", "slurm")
+    assert on_slurm.returncode == 0, on_slurm.stderr
+    stored = objects(s3, bucket, "slurm/")
+    assert "_manifest.json" in stored and "_thresher/slurm/jobs.json" in stored
+    assert parquet_objects(s3, bucket, "slurm/") == parquet_objects(s3, bucket, "local/")

@@ -16,6 +16,7 @@ import pytest
 from factories import parquet_bytes, random_corpus, write_shards
 from gate_plugin import gate_plugin_dir, with_plugin
 from ray_cluster import RayCluster, ray_cluster
+from s3_server import s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 # Ray's C++ core warns on stderr that the test namespace has no route out (it looks for its address that
@@ -184,3 +185,38 @@ def test_failing_task_fails_the_run_with_its_own_error(cluster: RayCluster, tmp_
     assert said == local.stderr.strip().splitlines() and len(said) == 1, ray.stderr
     assert "missing/started" in said[0] and "Traceback" not in ray.stderr
     assert not (tmp_path / "ray").exists()
+
+
+# Run inside the namespace, where the S3 server listens: copy every object under a prefix to a folder.
+_DOWNLOAD = """
+import sys, s3fs
+fs = s3fs.S3FileSystem()
+fs.get(sys.argv[1], sys.argv[2], recursive=True)
+"""
+
+
+def test_a_stage_from_s3_to_s3_on_ray_gives_the_local_bytes(two_nodes: RayCluster, tmp_path: Path) -> None:
+    # The store must be reachable from the cluster's namespace, so the server runs in it too.
+    prefix = two_nodes.command()
+    with s3_server(tmp_path / "moto.log", command_prefix=prefix) as s3:
+        env = s3.env(two_nodes.env)
+        corpus = tmp_path / "corpus"
+        write_shards(random_corpus(400, seed=9), corpus, rows_per_shard=100)
+        make_bucket = "import boto3; boto3.client('s3').create_bucket(Bucket='ray-bucket')"
+        subprocess.run(two_nodes.command(sys.executable, "-c", make_bucket), env=env, check=True)
+        for name, args in (("local", []), ("ray", ray_flags(two_nodes))):
+            run = subprocess.run(
+                two_nodes.command(
+                    *thresher_args("dedup", "exact", str(corpus), f"s3://ray-bucket/{name}", "-q", *args)
+                ),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert run.returncode == 0, run.stderr
+            fetch = [sys.executable, "-c", _DOWNLOAD, f"ray-bucket/{name}/", str(tmp_path / name)]
+            subprocess.run(two_nodes.command(*fetch), env=env, check=True)
+    assert (tmp_path / "ray" / "_manifest.json").is_file()
+    assert parquet_bytes(tmp_path / "ray") == parquet_bytes(tmp_path / "local")
+    assert len(parquet_bytes(tmp_path / "ray")) >= 4

@@ -84,10 +84,19 @@ def test_tokenize_counts_every_document_and_resumes(cli: Cli, tmp_path: Path, to
     assert manifest["totals"]["rows_in"] == manifest["totals"]["rows_out"] == len(texts)
     assert describe(out).tokens == sum(expected)
     assert describe(source).tokens is None
+    assert manifest["totals"]["tokens"] == sum(expected)
 
     again = cli(*args[:-2], "--workers", "1")
     assert again.exit_code == 0, again.output
     assert "up to date" in again.output
+
+    # Every later stage's totals carry the tokens it kept, without a tokenizer.
+    kept = tmp_path / "kept"
+    result = cli("filter", out, kept, "--where", "n_tokens >= 20", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    totals = read_manifest(kept)["totals"]
+    assert totals["tokens"] == sum(n for n in expected if n >= 20) and 0 < totals["tokens"] < sum(expected)
+    assert totals["rows_out"] == sum(1 for n in expected if n >= 20)
 
 
 def test_a_replaced_tokenizer_reruns(cli: Cli, tmp_path: Path, tokenizer_json: Path) -> None:

@@ -31,8 +31,11 @@ def run_recipe(
     force: bool = False,
     reporter: Reporter | None = None,
     executor: ExecutorFactory = lambda resources: None,
+    limit: int | None = None,
 ) -> list[Manifest]:
-    """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume."""
+    """Run every step; finished steps are skipped (same params and inputs), unfinished ones resume.
+    With `limit`, the steps that read the run's input read its first `limit` rows (of each raw file, or
+    of the shard set); the steps after them read what those wrote."""
     source, root = storage.resolved(input_path), storage.resolved(output)
     if source == root or source in root.parents or root in source.parents:
         # Step folders would land inside the input (a rerun would ingest them), or a step folder
@@ -62,6 +65,7 @@ def run_recipe(
                         force=force,
                         reporter=reporter,
                         executor=step_executor,
+                        limit=limit if storage.resolved(step.input_path) == source else None,
                     )
                 )
             except DryRun:

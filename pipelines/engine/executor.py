@@ -71,7 +71,12 @@ def _check_output(output: Path, stage: str, input_path: Path) -> None:
 
 
 def plan_stage(
-    stage_name: str, params: StageParams | dict[str, Any], input_path: Path, output: Path, seed: int = 0
+    stage_name: str,
+    params: StageParams | dict[str, Any],
+    input_path: Path,
+    output: Path,
+    seed: int = 0,
+    limit: int | None = None,
 ) -> tuple[Plan, bool]:
     """Validate the input, plan the phases and write the plan. Returns (plan, already_finished)."""
     cls = get_stage(stage_name)
@@ -85,7 +90,9 @@ def plan_stage(
         shard_set = ShardSet.open(
             input_path, probe.required_columns(), probe.string_columns(), params.column_flags()
         )
-    stage = cls(params, StageContext(input_path, output, seed, shard_set))
+        if limit is not None:
+            shard_set = shard_set.limited(limit)
+    stage = cls(params, StageContext(input_path, output, seed, shard_set, limit))
     identity = run_identity(stage)
     if (output / MANIFEST_NAME).exists():
         if Manifest.read(output).fingerprint == identity.fingerprint:
@@ -189,6 +196,8 @@ def execute_task(
         where = storage.resolved(p)
         digest = digests.get(str(where)) or file_digest(where)
         inputs.append(FileRecord(path=str(where), size=where.stat().st_size, digest=digest))
+    if result.counts is not None and tc.tokens is not None:
+        result.counts.tokens = tc.tokens
     if result.counts is not None and not result.counts.balanced:
         raise RuntimeError(f"stage {stage.name} task {task.key}: rows do not add up: {result.counts}")
     record = TaskRecord(
@@ -366,6 +375,7 @@ def finalize(plan: Plan, records: list[TaskRecord]) -> Manifest:
         stage=plan.input_stage,
         manifest_digest=plan.input_manifest_digest,
         files=plan.input_files if stage.input_kind == "files" else [],
+        limit=plan.limit,
     )
     manifest = Manifest(
         stage=plan.stage,
@@ -431,6 +441,7 @@ def run_stage(
     force: bool = False,
     reporter: Reporter | None = None,
     executor: Executor | None = None,
+    limit: int | None = None,
 ) -> Manifest:
     """Plan, run and finish a stage. A crash or kill leaves finished tasks in place, so running the same
     command again resumes; a bad-input error removes the output folder if this run created it."""
@@ -446,7 +457,7 @@ def run_stage(
             fresh = holds_only_lock(output)
             reporter = reporter or SilentReporter()
             try:
-                plan, finished = plan_stage(stage_name, params, input_path, output, seed)
+                plan, finished = plan_stage(stage_name, params, input_path, output, seed, limit)
                 if finished:
                     reporter.message(
                         f"{stage_name}: {output} is up to date (same params and inputs); nothing to do"

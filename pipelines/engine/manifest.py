@@ -57,10 +57,17 @@ class RowCounts(_Model):
     rows_in: int = 0
     rows_out: int = 0
     dropped: dict[str, int] = Field(default_factory=dict, description="Dropped rows by reason.")
+    tokens: int | None = Field(
+        default=None,
+        description="Tokens of the rows out (the sum of their n_tokens), once a tokenize stage has counted "
+        "them; null before.",
+    )
 
     def add(self, other: RowCounts) -> None:
         self.rows_in += other.rows_in
         self.rows_out += other.rows_out
+        if other.tokens is not None:
+            self.tokens = (self.tokens or 0) + other.tokens
         for reason, n in other.dropped.items():
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
@@ -90,6 +97,11 @@ class InputLineage(_Model):
     stage: str | None = Field(default=None, description="Stage that produced the input; null for raw data.")
     manifest_digest: str | None = Field(default=None, description="Digest of the input's _manifest.json.")
     files: list[FileRecord] = Field(default_factory=list, description="Raw input files (ingest only).")
+    limit: int | None = Field(
+        default=None,
+        description="A trial run (--limit N): only the first N rows of each input were read; null for a "
+        "full run.",
+    )
 
 
 class Manifest(_Model):

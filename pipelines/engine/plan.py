@@ -38,7 +38,7 @@ from thresher.pipelines.engine.digest import file_digest, value_digest
 from thresher.pipelines.engine.errors import ThresherError
 from thresher.pipelines.engine.manifest import MANIFEST_NAME, FileRecord, TaskRecord
 from thresher.pipelines.engine.registry import get_stage
-from thresher.pipelines.engine.shards import STATE_DIR, Shard, ShardSet
+from thresher.pipelines.engine.shards import STATE_DIR, Shard, ShardSet, limit_rows
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageContext, TaskSpec
 
 PLAN_NAME = "plan.json"
@@ -100,6 +100,7 @@ class Plan:
     # Models, blocklists and other side inputs, digested once at planning: a task that lists one among
     # its inputs takes the digest from here instead of re-reading the file.
     side_files: list[FileRecord] = field(default_factory=list)
+    limit: int | None = None  # a trial run: the first `limit` rows of each input (input_files' rows)
     _known: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
     _known_all: bool = field(default=False, init=False, repr=False, compare=False)
     _index_digests: dict[int, tuple[Any, str]] = field(
@@ -133,6 +134,7 @@ class Plan:
             "fingerprint": self.fingerprint,
             "params_fingerprint": self.params_fingerprint,
             "phases": [{"name": p.name, "tasks": len(p.tasks)} for p in self.phases],
+            **({"limit": self.limit} if self.limit is not None else {}),
         }
 
     def _task_line(self, task: TaskSpec) -> str:
@@ -194,6 +196,7 @@ class Plan:
             phases=phases,
             output=storage.resolved(output),
             side_files=[FileRecord.model_construct(**f) for f in data.get("side_files", [])],
+            limit=data.get("limit"),
         )
         known.update((f.path, f.digest) for f in plan.side_files)
         plan._known = known
@@ -220,7 +223,12 @@ class Plan:
         if cls.input_kind == "shards" and self._shard_set is None:
             shards = [Shard(storage.location(f.path), f.rows or 0, f.size, None) for f in self.input_files]
             self._shard_set = ShardSet(storage.location(self.input_path), shards, None)
-        ctx = StageContext(storage.location(self.input_path), self.output, self.seed, self._shard_set)
+            if self.limit is not None:
+                for f in self.input_files:  # their rows are the trial's: read no further
+                    limit_rows(storage.location(f.path), f.rows or 0)
+        ctx = StageContext(
+            storage.location(self.input_path), self.output, self.seed, self._shard_set, self.limit
+        )
         return cls(params, ctx)
 
     def read_record(self, phase_index: int, task_index: int) -> TaskRecord | None:
@@ -489,6 +497,8 @@ def run_identity(stage: Stage) -> RunIdentity:
             "params": stage.params.model_dump(mode="json"),
             "seed": stage.ctx.seed,
             "side_inputs": [f.digest for f in side],
+            # Only when set: a full run's fingerprints stay what they were.
+            **({"limit": stage.ctx.limit} if stage.ctx.limit is not None else {}),
         }
     )
     fingerprint = value_digest({"params": params_fingerprint, "inputs": [f.digest for f in files]})
@@ -517,6 +527,7 @@ def build_plan(stage: Stage, identity: RunIdentity) -> Plan:
         phases=phases,
         output=storage.resolved(stage.ctx.output),
         side_files=identity.side_files,
+        limit=stage.ctx.limit,
     )
     plan._aliases = identity.aliases
     return plan

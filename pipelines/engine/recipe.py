@@ -145,7 +145,7 @@ def load_recipe(path: Path) -> Recipe:
         raise ThresherError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ThresherError(f"{path}: a recipe is a mapping with a non-empty `stages:` list")
-    unknown_top = set(data) - {"name", "description", "stages", "seed"}
+    unknown_top = set(data) - {"name", "description", "stages", "seed", "ablate"}
     if unknown_top:
         raise ThresherError(f"{path}: unknown recipe key(s): {', '.join(sorted(unknown_top))}")
     assert root is not None
@@ -199,7 +199,45 @@ def load_recipe(path: Path) -> Recipe:
         seen.add(step_id)
     if recipe.steps[0].input is None and recipe.steps[0].stage.input_kind == "shards":
         recipe.steps[0].input = "input"
+    if "ablate" in data:
+        node = next(v for k, v in root.value if k.value == "ablate")
+        recipe.steps.append(_ablation_step(recipe, data["ablate"], folder, _line_of(node)))
     return recipe
+
+
+def _ablation_step(recipe: Recipe, spec: Any, folder: Path, line: int) -> Step:
+    """`ablate: {baseline: input, eval: {clean: held-out/}, tokens: ...}` at the end of a recipe: one more
+    step that trains proxy LMs on the baseline and on the recipe's output and compares them (the ablate
+    stage), so the run answers whether the recipe helped. `baseline: input` is the run's input as a shard
+    set (the first step's output when that step ingests raw files); a step id names that step's output."""
+    where = f"{recipe.path}:{line}"
+    if not isinstance(spec, dict) or not isinstance(spec.get("eval"), dict) or not spec["eval"]:
+        raise ThresherError(f"{where}: `ablate:` needs `eval: {{NAME: shard set folder, ...}}`")
+    spec = dict(spec)
+    baseline = str(spec.pop("baseline", "input"))
+    step_id = str(spec.pop("id", "ablate"))
+    resources = {k: spec.pop(k) for k in RESOURCE_KEYS if k in spec}
+    ids = [s.id for s in recipe.steps]
+    if step_id in ids or not STEP_ID.fullmatch(step_id):
+        raise ThresherError(f"{where}: `ablate:` step id {step_id!r} is taken or not a plain name; set `id:`")
+    if baseline == "input":
+        first = recipe.steps[0]
+        source = f"{{steps.{first.id}}}" if first.stage.input_kind == "files" else "{input}"
+    elif baseline in ids:
+        source = f"{{steps.{baseline}}}"
+    else:
+        raise ThresherError(
+            f"{where}: `ablate: baseline: {baseline}`: not `input` nor a step id ({', '.join(ids)})"
+        )
+    last = recipe.steps[-1].id
+    if baseline == last:
+        raise ThresherError(f"{where}: `ablate: baseline: {baseline}` is the recipe's output itself")
+    params = {**spec, "train": {baseline: source, recipe.name: f"{{steps.{last}}}"}}
+    params, unresolved = _recipe_relative(params, folder, where)
+    step = Step(len(recipe.steps), step_id, get_stage("ablate"), None, params, line, unresolved)
+    step.resources = _resources(resources, where)
+    _check_params(step, where)
+    return step
 
 
 def _resources(item: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -259,6 +297,8 @@ def _recipe_relative(params: dict[str, Any], folder: Path, where: str) -> tuple[
             out[name] = value
         elif isinstance(value, list):
             out[name] = [one(name, v) for v in value]
+        elif isinstance(value, dict):  # named sets, e.g. an ablation's {clean: held-out/}
+            out[name] = {k: one(f"{name}.{k}", v) for k, v in value.items()}
         else:
             out[name] = one(name, value)
     return out, unresolved

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thresher.pipelines.engine import storage
@@ -18,6 +19,7 @@ from thresher.pipelines.engine.manifest import MANIFEST_NAME, FileRecord, Manife
 
 ID_COLUMN = "id"
 TEXT_COLUMN = "text"
+TOKENS_COLUMN = "n_tokens"  # what the tokenize stage adds
 DROPPED_DIR = "_dropped"
 STATE_DIR = "_thresher"
 DEFAULT_BATCH_ROWS = 8192
@@ -104,6 +106,16 @@ class ShardPart:
 # on a laptop and on a cluster.
 TARGET_TASKS = 128
 MIN_PART_ROWS = 16_384
+
+
+# Trial runs (`--limit N`) read only the first rows of their input shards: path -> rows to read. Set by
+# the planner and, from the plan, in every worker; the readers below stop there.
+_row_limits: dict[str, int] = {}
+
+
+def limit_rows(path: Path, rows: int) -> None:
+    _row_limits[str(path)] = rows
+    _row_limits[str(storage.resolved(path))] = rows
 
 
 def shard_parts(shards: Sequence[Shard], split_groups: bool = False) -> list[list[ShardPart]]:
@@ -245,6 +257,25 @@ class ShardSet:
     def num_rows(self) -> int:
         return sum(s.num_rows for s in self.shards)
 
+    def limited(self, rows: int) -> ShardSet:
+        """The first `rows` rows of the set, in shard order (a trial run): the shards they lie in, the
+        last one cut short, which the readers then stop reading at."""
+        kept: list[Shard] = []
+        left = rows
+        for shard in self.shards:
+            if left <= 0:
+                break
+            take = min(shard.num_rows, left)
+            groups: list[int] = []
+            for n in shard.row_groups:
+                if sum(groups) >= take:
+                    break
+                groups.append(min(n, take - sum(groups)))
+            kept.append(Shard(shard.path, take, shard.size, shard.schema, tuple(groups)))
+            limit_rows(shard.path, take)
+            left -= take
+        return ShardSet(self.root, kept or self.shards[:1], self.manifest)
+
     def digest(self, shard: Shard) -> str:
         # A manifest written by the stage that produced the shard already knows the digest; trust it while
         # the size still matches instead of re-reading the file.
@@ -280,6 +311,12 @@ def iter_batches(
     if part is not None and not part.whole:
         groups = list(range(part.first_group, part.end_group or pf.metadata.num_row_groups))
     skip, limit = (part.skip, part.rows) if part is not None and cut else (0, None)
+    cap = _row_limits.get(str(path))
+    if cap is not None:
+        allowed = max(0, cap - (part.first_row if part is not None else 0))
+        limit = allowed if limit is None else min(limit, allowed)
+        if limit == 0:
+            return
     rows_read = 0
     try:
         batches = pf.iter_batches(
@@ -312,6 +349,9 @@ class ShardWriter:
         self.path = path
         self.schema = schema
         self.rows = 0
+        # Tokens written, for shard sets that carry the tokenize stage's counts: every later stage's
+        # manifest then says how many tokens it kept without reading its shards again.
+        self.tokens: int | None = 0 if TOKENS_COLUMN in schema.names else None
         self._closed = False
         storage.make_dirs(path.parent)
         self._tmp = tmp_path_for(path)
@@ -327,6 +367,8 @@ class ShardWriter:
                 )
             self._writer.write(data)
             self.rows += data.num_rows
+            if self.tokens is not None:
+                self.tokens += int(pc.sum(data.column(TOKENS_COLUMN)).as_py() or 0)
 
     def close(self) -> FileRecord:
         self._closed = True

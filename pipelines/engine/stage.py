@@ -144,6 +144,7 @@ class StageContext:
     output: Path
     seed: int
     input: ShardSet | None = None  # None for stages that read raw files (ingest)
+    limit: int | None = None  # a trial run: only the first `limit` rows of each input
 
     @property
     def work(self) -> Path:
@@ -163,6 +164,7 @@ class TaskContext:
         self.stage = stage
         self.outputs: list[FileRecord] = []
         self.counters: Counter[str] = Counter()
+        self.tokens: int | None = None  # tokens in the output shards written, when they carry n_tokens
         self._progress = progress
 
     def progress(self, rows: int) -> None:
@@ -218,6 +220,10 @@ class _RecordingWriter(ShardWriter):
     def close(self) -> FileRecord:
         record = super().close()
         self._tc.record(record)
+        if self.tokens is not None and storage.resolved(self.path.parent) == storage.resolved(
+            self._tc.stage.ctx.output
+        ):
+            self._tc.tokens = (self._tc.tokens or 0) + self.tokens
         return record
 
 

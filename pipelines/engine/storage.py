@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -225,7 +226,11 @@ def create_exclusive(path: Path, body: bytes) -> bool:
 def open_input(path: Path, mode: str = "rb", **kwargs: Any) -> IO[Any]:
     """Open a file for streaming reads: local files as usual, objects through ranged reads."""
     if is_remote(path):
-        return path.open(mode, **kwargs)
+        f = path.open(mode, **kwargs)
+        if mode == "rb":
+            # fsspec's own readline copies a whole block per line; a BufferedReader splits lines in C.
+            return io.BufferedReader(f, buffer_size=1 << 20)  # type: ignore[arg-type]
+        return f
     return open(path, mode, **kwargs)
 
 

@@ -16,7 +16,7 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.pipelines.engine import atomic
+from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.atomic import atomic_path
 from thresher.pipelines.engine.digest import file_digest
 from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
@@ -156,9 +156,9 @@ def export(
         _write_sidecar(shard_set, output, sidecar, fmt, exported_columns, rows, extra)
     except OSError as exc:
         if landed:  # an export without its sidecar is a partial output: take it away too
-            shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
+            storage.remove_tree(output) if output.is_dir() else storage.remove(output)
             if files is not None:
-                files.idx.unlink(missing_ok=True)
+                storage.remove(files.idx)
         raise filesystem_error(exc, output) from None
     return Exported(rows, output, sidecar, summary)
 
@@ -228,6 +228,21 @@ def _write_parquet(shard_set: ShardSet, tmp: Path, fmt: str, columns: list[str] 
 
 
 def _export_hf(shard_set: ShardSet, output: Path, columns: list[str] | None, force: bool) -> int:
+    if not storage.is_remote(output):
+        return _export_hf_local(shard_set, output, columns, force)
+    # Saved locally, then uploaded: the folder appears on the store only once it is whole.
+    local = storage.scratch(output.parent / f".{output.name}.export") / output.name
+    try:
+        rows = _export_hf_local(shard_set, local, columns, force=True)
+        if force and output.exists():
+            storage.remove_tree(output)
+        output.fs.put(str(local), output.path, recursive=True)  # type: ignore[attr-defined]
+    finally:
+        shutil.rmtree(local.parent, ignore_errors=True)
+    return rows
+
+
+def _export_hf_local(shard_set: ShardSet, output: Path, columns: list[str] | None, force: bool) -> int:
     import datasets
 
     # thresher reports progress itself; the library's bars would interleave with log lines under cron.

@@ -25,7 +25,6 @@ shuffled file is then gathered from it (memory-mapped) in chunks of about `CHUNK
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,8 +101,8 @@ def write_tokens(
     gathered `chunk_tokens` tokens at a time."""
     dtype = token_dtype(tokenizer.vocab_size)
     bin_tmp, idx_tmp = tmp_path_for(files.bin), tmp_path_for(files.idx)
-    unshuffled = files.bin.with_name(f".{files.bin.name}.{os.getpid()}.unshuffled.tmp")
-    files.bin.parent.mkdir(parents=True, exist_ok=True)
+    unshuffled = bin_tmp.with_name(f"{bin_tmp.name}.unshuffled")
+    storage.make_dirs(files.bin.parent)
     try:
         sizes = _tokenize_in_shard_order(shard_set, unshuffled, tokenizer, eos_id, dtype, text_column)
         order = document_order(len(sizes), seed)
@@ -111,8 +110,8 @@ def write_tokens(
         unshuffled.unlink()
         shuffled_sizes = sizes[order]
         _write_index(idx_tmp, shuffled_sizes, dtype)
-        os.replace(bin_tmp, files.bin)
-        os.replace(idx_tmp, files.idx)
+        storage.commit(bin_tmp, files.bin)
+        storage.commit(idx_tmp, files.idx)
     finally:
         for tmp in (unshuffled, bin_tmp, idx_tmp):
             tmp.unlink(missing_ok=True)

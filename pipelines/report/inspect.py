@@ -12,11 +12,10 @@ from datasketches import kll_doubles_sketch
 
 from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.manifest import MANIFEST_NAME, Manifest, RowCounts
-from thresher.pipelines.engine.shards import ShardSet, iter_batches
+from thresher.pipelines.engine.shards import TOKENS_COLUMN, ShardSet, iter_batches
 from thresher.pipelines.engine.status import is_recipe_output, run_status
 
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
-TOKENS_COLUMN = "n_tokens"
 
 
 @dataclass

@@ -12,6 +12,7 @@ with a paired bootstrap interval over eval documents; written to `ablation.json`
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import math
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 from pydantic import Field, field_validator
 
 from thresher.pipelines.engine import storage
@@ -77,9 +79,32 @@ class AblateParams(ProxyTrainParams):
         )
 
 
+# Characters of text kept per budget token when sampling a train set: tokenizers of a few hundred to a
+# few tens of thousands of ids make 1.5 to 5 characters a token, so the sample rarely runs short (when
+# it does, the stream is repeated, and the task says so).
+SAMPLE_CHARS_PER_TOKEN = 8
+
+
+def seeded_sample(documents: Iterator[str], chars: int, seed: int) -> list[str]:
+    """A uniform sample of the documents, in a seeded random order, of about `chars` characters: those
+    with the smallest keys (a seeded hash of the text), kept in a heap as the set streams by. A prefix of
+    the set would be biased by its order (a dump sorted by source or date)."""
+    heap: list[tuple[int, int, str]] = []  # (-key, position, text): the largest key on top
+    held = 0
+    for position, text in enumerate(documents):
+        key = xxhash.xxh3_64_intdigest(text.encode(), seed=seed)
+        if held >= chars and -heap[0][0] <= key:
+            continue
+        heapq.heappush(heap, (-key, position, text))
+        held += len(text)
+        while held - len(heap[0][2]) >= chars:  # the rest still fill the budget without the largest key
+            held -= len(heapq.heappop(heap)[2])
+    return [text for _key, _pos, text in sorted(heap, key=lambda item: (-item[0], item[1]))]
+
+
 class Ablate(Stage[AblateParams]):
     name = "ablate"
-    version = "1"
+    version = "2"
     summary = "Train identical proxy LMs on each train set (same tokens, several seeds); compare eval losses."
     example = (
         "thresher ablate out/abl --train raw=data/00-ingest --train curated=data/09-top --eval clean=held/"
@@ -186,13 +211,17 @@ class Ablate(Stage[AblateParams]):
         tokenizer = load_tokenizer(task.input("tokenizer"))
         dtype = token_dtype(tokenizer.get_vocab_size())
         kind, name = task.args["kind"], task.args["name"]
-        # Train sets: a token stream cut at the budget. Eval sets: whole documents, each kept apart.
+        # Train sets: a seeded sample of documents, as a token stream cut at the budget. Eval sets: whole
+        # documents, each kept apart.
         limit = self.params.tokens if kind == "train" else None
         docs_limit = self.params.eval_docs if kind == "eval" else None
         parts: list[np.ndarray] = []
         texts: list[str] = []
         have = 0
-        for text in self._documents(task.input_list("shards"), tc):
+        documents = self._documents(task.input_list("shards"), tc)
+        if limit is not None:
+            documents = iter(seeded_sample(documents, limit * SAMPLE_CHARS_PER_TOKEN, self.ctx.seed))
+        for text in documents:
             encoded = encode_documents(tokenizer, [text])
             parts.append(encoded)
             texts.append(text)
@@ -234,8 +263,9 @@ class Ablate(Stage[AblateParams]):
                 "data": file_digest(task.input("tokens")),
             }
         )
+        config = self.params.proxy_config()
         report = train_proxy_lm(
-            self.params.proxy_config(),
+            config,
             tokenizer_path=task.input("tokenizer"),
             train_streams=[data["tokens"]],
             val_streams=[val["tokens"]],
@@ -256,6 +286,8 @@ class Ablate(Stage[AblateParams]):
                 "seconds": report.seconds,
                 "tokens_per_second": round(self.params.tokens / max(report.seconds, 1e-9), 1),
                 "history": report.history,
+                # What turns the history's steps into tokens seen, for the report's learning curves.
+                "tokens_per_step": config.batch_size * config.context_length,
             }
         )
 
@@ -300,9 +332,7 @@ class Ablate(Stage[AblateParams]):
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         compared = [r for r in records if r.phase == "compare"]
-        training = [
-            {k: r.extra[k] for k in ("train", "seed", "steps", "seconds", "tokens_per_second", "history")}
-            for r in records
-            if r.phase == "train"
-        ]
+        keys = ("train", "seed", "steps", "seconds", "tokens_per_second", "history", "tokens_per_step")
+        # A record written before `tokens_per_step` existed lacks it; the rest are always there.
+        training = [{k: r.extra[k] for k in keys if k in r.extra} for r in records if r.phase == "train"]
         return {**(dict(compared[0].extra) if compared else {}), "training": training}

@@ -126,6 +126,10 @@ class Ingest(Stage):
                 # The default `id` too: a CSV id like "007" read as a number would come out as "7".
                 string_columns=[p.text_column, p.id_column or ID_COLUMN],
             ):
+                if self.ctx.limit is not None:  # a trial run: the first rows of each file
+                    table = table.slice(0, self.ctx.limit - rows_in)
+                    if not table.num_rows:
+                        break
                 start = rows_in
                 table, empty = self._to_output(table, source, label, start)
                 ids = table[ID_COLUMN].combine_chunks()

@@ -4,7 +4,7 @@ Training takes labelled shards, either two shard sets (the input holds positives
 negatives) or a label column (in the input, or in a side file joined by id), holds out a seeded share of
 rows, trains with one thread and the run's seed (so the same command gives the same model), and writes
 `model.bin` and `metrics.json` (precision, recall, F1 and ROC AUC on the held-out rows; also in the
-manifest's summary).
+manifest's summary; and, for the report's reliability plot, the held-out labels and probabilities).
 
 Scoring adds `quality_score`, the model's probability of the positive label, and with `--langid-model`
 (a fastText language-ID model such as lid.176.bin) the columns `lang` and `lang_score`.
@@ -33,7 +33,8 @@ from thresher.pipelines.engine.shards import ID_COLUMN, Shard, ShardSet, iter_ba
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
 from thresher.pipelines.stages.quality.training_files import (
     LabelledBatch,
-    heldout_metrics,
+    heldout_predictions,
+    heldout_scores,
     write_training_files,
 )
 from thresher.scorers.fasttext_model import (
@@ -45,6 +46,7 @@ from thresher.scorers.fasttext_model import (
     resolve_model_path,
     train,
 )
+from thresher.scorers.metrics import binary_metrics
 
 METRICS_FILE = "metrics.json"
 DEBERTA_DIR = "model"  # --backbone deberta-v3: a save_pretrained folder
@@ -230,7 +232,8 @@ class QualityTrain(Stage):
             seed=self.ctx.seed,
         )
         model = train(files.train, settings)
-        metrics = heldout_metrics(model, files.heldout, p.label)
+        truth, scores = heldout_scores(model, files.heldout, p.label)
+        metrics = binary_metrics(truth, scores)
         report = {
             "positive_label": p.label,
             "labels": labels,
@@ -240,8 +243,11 @@ class QualityTrain(Stage):
         }
         with tc.artifact(MODEL_FILE) as tmp:
             model.save(tmp)
+        # The predictions go to metrics.json only, not the manifest's summary: they are the report's
+        # reliability plot, and a manifest stays small.
+        saved = {**report, "heldout_predictions": heldout_predictions(truth, scores)}
         with tc.artifact(METRICS_FILE) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
         return TaskResult(tally.counts(), extra=report)
 
     def _finetune_deberta(self, batches: Iterator[LabelledBatch], tc: TaskContext) -> TaskResult:

@@ -24,6 +24,8 @@ from thresher.scorers.metrics import binary_metrics
 
 ROWS_PER_SHUFFLE_BUCKET = 50_000
 _HOLDOUT_SCALE = 1_000_000
+# Held-out predictions kept in metrics.json: a reliability plot's bins need thousands, not millions.
+MAX_SAVED_PREDICTIONS = 20_000
 
 
 @dataclass
@@ -92,10 +94,8 @@ def read_heldout(path: Path, batch_lines: int = 8192) -> Iterator[tuple[list[str
         yield labels, lines
 
 
-def heldout_metrics(
-    model: FastTextModel, heldout: Path, positive: str, threshold: float = 0.5
-) -> dict[str, Any]:
-    """Precision, recall, F1 (at `threshold`) and ROC AUC of P(positive) on the held-out examples."""
+def heldout_scores(model: FastTextModel, heldout: Path, positive: str) -> tuple[np.ndarray, np.ndarray]:
+    """(is positive, P(positive)) of every held-out example, in file order."""
     truth: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     for labels, lines in read_heldout(heldout):
@@ -103,4 +103,29 @@ def heldout_metrics(
         scores.append(model.probabilities(lines, positive))
     y = np.concatenate(truth) if truth else np.zeros(0, dtype=bool)
     s = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+    return y, s
+
+
+def heldout_metrics(
+    model: FastTextModel, heldout: Path, positive: str, threshold: float = 0.5
+) -> dict[str, Any]:
+    """Precision, recall, F1 (at `threshold`) and ROC AUC of P(positive) on the held-out examples."""
+    y, s = heldout_scores(model, heldout, positive)
     return binary_metrics(y, s, threshold)
+
+
+def heldout_predictions(
+    y: np.ndarray, score: np.ndarray, limit: int = MAX_SAVED_PREDICTIONS
+) -> dict[str, Any]:
+    """The held-out labels and predicted probabilities as JSON lists, for a reliability plot. Over `limit`
+    examples, an evenly spaced subset: the held-out file follows input order, so its head alone could be
+    one source of the data."""
+    keep = np.arange(len(y))
+    if len(y) > limit:
+        keep = np.linspace(0, len(y) - 1, limit).round().astype(np.int64)
+    return {
+        "rows": len(y),
+        "saved": len(keep),
+        "label": [int(v) for v in y[keep]],
+        "probability": [round(float(v), 6) for v in score[keep]],
+    }

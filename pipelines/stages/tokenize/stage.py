@@ -17,10 +17,10 @@ from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, MapStage
+from thresher.pipelines.engine.shards import TOKENS_COLUMN
 from thresher.pipelines.engine.stage import PhaseSpec, StageParams
 from thresher.pipelines.stages.tokenize.tokenizer import LocalTokenizer, check_path, load_tokenizer
 
-TOKENS_COLUMN = "n_tokens"
 TOKENS_COUNTER = "tokens"
 
 
