@@ -19,7 +19,7 @@ from rich.table import Table
 from thresher.cli import ablate_cmd, run_cmd, stage_commands
 from thresher.cli.errors import ThresherGroup
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import common_parameters, pop_common, storage_parameters, trial_output
+from thresher.cli.options import common_parameters, pop_common, say_trial, storage_parameters, trial_output
 from thresher.cli.render import console, lineage_table, steps_table
 from thresher.pipelines.engine import registry, storage
 from thresher.pipelines.engine.errors import UsageError
@@ -159,8 +159,7 @@ def apply(**kwargs: Any) -> None:
             executor=make_executor({}),
             limit=limit,
         )
-    if limit is not None:
-        reporter.message(f"trial run (first {limit:,} rows of each input) written to {output_dir}")
+    say_trial(reporter, limit, output_dir)
 
 
 def _apply_signature() -> inspect.Signature:

@@ -11,6 +11,7 @@ import typer
 
 from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.executor import default_workers
+from thresher.pipelines.engine.progress import Reporter
 
 COMMON_PANEL = "Common options"
 STORAGE_PANEL = "Object storage"
@@ -71,6 +72,11 @@ def limit_parameter() -> inspect.Parameter:
         "written to OUTPUT.limit-N beside OUTPUT, so it never mixes with a full run's tasks.",
         panel=COMMON_PANEL,
     )
+
+
+def say_trial(reporter: Reporter, limit: int | None, output: Path) -> None:
+    if limit is not None:
+        reporter.message(f"trial run (first {limit:,} rows of each input) written to {output}")
 
 
 def trial_output(output: Path, limit: int | None) -> Path:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import apply_storage, limit_parameter, storage_parameters, trial_output
+from thresher.cli.options import apply_storage, limit_parameter, say_trial, storage_parameters, trial_output
 from thresher.cli.render import console, lineage_table
 from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import UsageError
@@ -77,8 +77,7 @@ def run(
         executor=executor_factory(executor_options, reporter),
         limit=limit,
     )
-    if limit is not None:
-        reporter.message(f"trial run (first {limit:,} rows of each input) written to {output}")
+    say_trial(reporter, limit, output)
     if not quiet and manifests:
         if manifests[-1].stage == "ablate":
             from thresher.cli.ablate_cmd import results_table

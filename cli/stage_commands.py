@@ -15,7 +15,7 @@ import typer
 from pydantic.fields import FieldInfo
 
 from thresher.cli.executor_options import EXECUTOR_KEYS, executor_factory, executor_parameters
-from thresher.cli.options import common_parameters, pop_common, trial_output
+from thresher.cli.options import common_parameters, pop_common, say_trial, trial_output
 from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.executor import run_stage
 from thresher.pipelines.engine.progress import configure_logging, make_reporter
@@ -148,8 +148,7 @@ def make_command(cls: type[Stage]) -> typer.models.CommandFunctionType:
             executor=make_executor({}),
             limit=limit,
         )
-        if limit is not None:
-            reporter.message(f"trial run (first {limit:,} rows of each input) written to {output_dir}")
+        say_trial(reporter, limit, output_dir)
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__name__ = cls.name.replace("-", "_")

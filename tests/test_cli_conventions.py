@@ -176,7 +176,7 @@ def test_trainers_report_the_rows_they_read(cli: Cli, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     totals = read_manifest(quality)["totals"]
-    assert totals == {"rows_in": 420, "rows_out": 420, "dropped": {}}
+    assert totals == {"rows_in": 420, "rows_out": 420, "dropped": {}, "tokens": None}
 
     kenlm = tmp_path / "k"
     result = cli("lm", "train-kenlm", docs, kenlm, "--order", "3", "--vocab-size", "200", "-w", "1", "-q")

@@ -35,7 +35,7 @@ def assert_ingested(out: Path, rows: list[dict[str, Any]], columns: tuple[str, .
     assert got == expected
     manifest = read_manifest(out)
     assert manifest["stage"] == "ingest"
-    assert manifest["totals"] == {"rows_in": len(rows), "rows_out": len(rows), "dropped": {}}
+    assert manifest["totals"] == {"rows_in": len(rows), "rows_out": len(rows), "dropped": {}, "tokens": None}
     assert sum(o["rows"] for o in manifest["outputs"]) == len(rows)
     assert [o["path"] for o in manifest["outputs"]] == sorted(p.name for p in out.glob("part-*.parquet"))
 
@@ -225,7 +225,7 @@ def test_empty_drop_records_dropped_rows(cli: Cli, tmp_path: Path, batch_rows: s
         ("c", "ingest", "empty_text"),
     ]
     totals = read_manifest(out)["totals"]
-    assert totals == {"rows_in": 5, "rows_out": 2, "dropped": {"empty_text": 3}}
+    assert totals == {"rows_in": 5, "rows_out": 2, "dropped": {"empty_text": 3}, "tokens": None}
     assert totals["rows_in"] == totals["rows_out"] + sum(totals["dropped"].values())
 
 
@@ -238,7 +238,12 @@ def test_empty_keep_keeps_rows(cli: Cli, tmp_path: Path) -> None:
         {"id": "b", "text": " "},
         {"id": "c", "text": ""},
     ]
-    assert read_manifest(tmp_path / "out")["totals"] == {"rows_in": 3, "rows_out": 3, "dropped": {}}
+    assert read_manifest(tmp_path / "out")["totals"] == {
+        "rows_in": 3,
+        "rows_out": 3,
+        "dropped": {},
+        "tokens": None,
+    }
 
 
 def test_same_input_gives_byte_identical_shards(cli: Cli, tmp_path: Path) -> None:

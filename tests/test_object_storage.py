@@ -249,31 +249,30 @@ def wait_for_file(path: Path, run: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-def test_a_second_run_on_a_leased_s3_output_exits_75(
+def start_gated(
     s3: S3Server, bucket: str, plugin: Path, tmp_path: Path
-) -> None:
+) -> tuple[dict[str, str], list[str], subprocess.Popen[str], Path]:
+    """A gate-wait run from a new corpus to s3://BUCKET/gated, held at its first batch until the test
+    creates GATE/open: (its environment, its arguments, the process, the gate folder)."""
     corpus = ingest_corpus(s3, bucket)
     gate = tmp_path / "gate"
     gate.mkdir()
     env = with_plugin(s3.env(), plugin)
-    args = [
-        "apply",
-        "gate-wait",
-        corpus,
-        f"s3://{bucket}/gated",
-        "-p",
-        f"gate={gate}",
-        "-q",
-        "--workers",
-        "1",
-    ]
-    first = subprocess.Popen(
+    args = ["apply", "gate-wait", corpus, f"s3://{bucket}/gated", "-p", f"gate={gate}", "-q", "-w", "1"]
+    run = subprocess.Popen(
         [sys.executable, "-m", "thresher.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    return env, args, run, gate
+
+
+def test_a_second_run_on_a_leased_s3_output_exits_75(
+    s3: S3Server, bucket: str, plugin: Path, tmp_path: Path
+) -> None:
+    env, args, first, gate = start_gated(s3, bucket, plugin, tmp_path)
     try:
         wait_for_file(gate / "started", first)
         lease = json.loads(objects(s3, bucket, "gated/_thresher/")["lease.json"])
@@ -320,18 +319,7 @@ def test_missing_bucket_and_refused_credentials_fail_in_one_line_committing_noth
 def test_an_input_object_deleted_mid_run_fails_in_one_line_without_a_manifest(
     s3: S3Server, bucket: str, plugin: Path, tmp_path: Path
 ) -> None:
-    corpus = ingest_corpus(s3, bucket)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    env = with_plugin(s3.env(), plugin)
-    args = ["apply", "gate-wait", corpus, f"s3://{bucket}/gated", "-p", f"gate={gate}", "--workers", "1"]
-    run = subprocess.Popen(
-        [sys.executable, "-m", "thresher.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    _env, _args, run, gate = start_gated(s3, bucket, plugin, tmp_path)
     wait_for_file(gate / "started", run)
     last = sorted(k for k in objects(s3, bucket, "corpus/") if k.startswith("part-"))[-1]
     s3.client().delete_object(Bucket=bucket, Key=f"corpus/{last}")

@@ -54,7 +54,12 @@ def test_plugin_map_stage_runs_and_reruns_only_changed_shards(installed_plugin: 
     out = tmp_path / "out"
     run_cli("apply", "word-count", str(corpus), str(out), "-p", "min_words=5", "-w", "2", "-q")
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["totals"] == {"rows_in": 600, "rows_out": 450, "dropped": {"too_few_words": 150}}
+    assert manifest["totals"] == {
+        "rows_in": 600,
+        "rows_out": 450,
+        "dropped": {"too_few_words": 150},
+        "tokens": None,
+    }
     kept = pq.read_table(out)
     assert kept["n_words"].to_pylist() == [30] * 450
     assert set(pq.read_table(out / "_dropped")["reason"].to_pylist()) == {"too_few_words"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,8 +49,12 @@ def test_recipe_runs_every_step_into_numbered_folders(recipe_run: Path) -> None:
         "07-top-quality",
         "08-kenlm",
         "09-perplexity-kenlm",
+        "10-tokenize",
     ]
     assert all((recipe_run / s / "_manifest.json").exists() for s in steps)
+    # The last step counts tokens under the KenLM step's sentencepiece model.
+    totals = json.loads((recipe_run / "10-tokenize" / "_manifest.json").read_text())["totals"]
+    assert totals["tokens"] > totals["rows_out"] > 0
 
 
 def test_rerunning_a_finished_recipe_changes_nothing(recipe_run: Path, raw: Path) -> None:

@@ -7,11 +7,17 @@ before them, not its files, so the plan grows with shards + buckets, not shards 
 "Earlier" is shard order by file name, then row order, so the kept row does not depend on scheduling.
 Empty texts are never treated as duplicates of each other. `--also-columns` compares several columns as one
 key (instruction + input for instruction data): rows repeat only when every column does.
+
+`--mode tag` drops nothing and adds `exact_cluster` (the id of the group's first occurrence, on every row
+of a group whose text repeats, the first included; null for a text seen once) and `exact_duplicate`
+(true on the rows drop mode would drop), so `thresher filter --where "not exact_duplicate"` keeps what
+drop mode keeps.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +47,15 @@ from thresher.pipelines.engine.shards import (
     shard_parts,
 )
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.engine.tagging import WOULD_DROP, FilterMode, mode_field
 from thresher.pipelines.text.normalize import normalise, separator
 
 DECISION_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("dup_of", pa.string())])
+# Tag mode decides for every row of a repeated group, its first occurrence too, and marks the repeats.
+TAG_DECISION_SCHEMA = DECISION_SCHEMA.append(pa.field("duplicate", pa.bool_()))
 REASON = "exact_duplicate"
+CLUSTER_COLUMN = "exact_cluster"
+DUPLICATE_COLUMN = "exact_duplicate"
 
 
 class ExactDedupParams(StageParams):
@@ -59,6 +70,7 @@ class ExactDedupParams(StageParams):
     buckets: int | None = Field(
         None, ge=1, le=65536, description="Hash buckets for the decide phase; default: one per 2M rows."
     )
+    mode: FilterMode = mode_field("exact_cluster (the id of the first occurrence) and exact_duplicate")
 
 
 class ExactDedup(Stage):
@@ -103,9 +115,14 @@ class ExactDedup(Stage):
     def _decision_file(self, bucket: int) -> Path:
         return self.ctx.work / "decisions" / f"bucket-{bucket:05d}.parquet"
 
+    def _decision_schema(self) -> pa.Schema:
+        return TAG_DECISION_SCHEMA if self.params.mode == "tag" else DECISION_SCHEMA
+
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
         shards = self.ctx.input.shards
+        if self.params.mode == "tag":
+            self.check_new_columns([CLUSTER_COLUMN, DUPLICATE_COLUMN])
         n = self._n_buckets()
         hashes = str(phase_index_path(self.ctx.output, "hash"))
         decisions = str(phase_index_path(self.ctx.output, "decide"))
@@ -156,29 +173,40 @@ class ExactDedup(Stage):
     def _decide(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         table = read_bucket(phase_outputs(self.ctx.output, "hash"), task.args["bucket"])
         repeat, first = repeat_runs(table)
-        dups = np.nonzero(repeat)[0]
+        marked = np.nonzero(repeat)[0]
         ids = table["id"]
+        columns: dict[str, Any] = {}
+        if self.params.mode == "tag":
+            # A group's first row is the one just before a repeat; sorted by hash, a group is one run.
+            opens_group = np.zeros_like(repeat)
+            opens_group[:-1] = repeat[1:]
+            marked = np.nonzero(repeat | opens_group)[0]
+            columns["duplicate"] = repeat[marked]
         decisions = pa.table(
             {
-                "shard": table["shard"].take(dups),
-                "row": table["row"].take(dups),
-                "dup_of": ids.take(pa.array(first[dups])),
+                "shard": table["shard"].take(marked),
+                "row": table["row"].take(marked),
+                "dup_of": ids.take(pa.array(first[marked])),
+                **columns,
             },
-            schema=DECISION_SCHEMA,
+            schema=self._decision_schema(),
         )
         decisions = decisions.sort_by([("shard", "ascending"), ("row", "ascending")])
-        writer = ShardWriter(self._decision_file(task.args["bucket"]), DECISION_SCHEMA)
+        writer = ShardWriter(self._decision_file(task.args["bucket"]), self._decision_schema())
         with writer:
             writer.write(decisions)
         tc.record(writer.close())
         groups = int(np.count_nonzero(repeat[1:] & ~repeat[:-1])) if len(repeat) > 1 else 0
-        return TaskResult(extra={"hashed_rows": table.num_rows, "duplicates": len(dups), "groups": groups})
+        duplicates = int(np.count_nonzero(repeat))
+        return TaskResult(extra={"hashed_rows": table.num_rows, "duplicates": duplicates, "groups": groups})
 
     def _filter(self, task: TaskSpec, tc: TaskContext) -> TaskResult:
         shard = task.args["shard"]
         files = [self._decision_file(b) for b in range(self._n_buckets())]
         parts = [pq.read_table(storage.readable(p), filters=[("shard", "=", shard)]) for p in files]
-        decided = pa.concat_tables(parts).sort_by("row") if parts else DECISION_SCHEMA.empty_table()
+        decided = pa.concat_tables(parts).sort_by("row") if parts else self._decision_schema().empty_table()
+        if self.params.mode == "tag":
+            return map_batches(storage.location(task.inputs[0]), tc, _tagger(decided), writes_dropped=False)
         dup_rows = decided["row"].to_numpy()
         dup_of = decided["dup_of"]
 
@@ -200,9 +228,35 @@ class ExactDedup(Stage):
         counts: Counter[str] = Counter()
         for r in decide:
             counts.update({k: v for k, v in r.extra.items() if isinstance(v, int)})
-        return {
+        summary: dict[str, Any] = {
             "buckets": len(decide),
             "duplicate_rows": counts["duplicates"],
             "duplicate_groups": counts["groups"],
             "hashed_rows": counts["hashed_rows"],
         }
+        if self.params.mode == "tag":
+            summary["mode"] = "tag"
+            summary["would_drop"] = {REASON: self.counted(WOULD_DROP).get(REASON, 0)}
+        return summary
+
+
+def _tagger(decided: pa.Table) -> Callable[[pa.RecordBatch, int], BatchOutcome]:
+    """Tag mode's batch function over one shard's decisions (sorted by row): the two columns."""
+    rows_decided = decided["row"].to_numpy()
+    clusters = decided["dup_of"].combine_chunks()
+    duplicate = decided["duplicate"].to_numpy(zero_copy_only=False)
+
+    def tag(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
+        rows = np.arange(offset, offset + batch.num_rows)
+        at = np.minimum(np.searchsorted(rows_decided, rows), max(len(rows_decided) - 1, 0))
+        hit = np.isin(rows, rows_decided, assume_unique=True)
+        if len(rows_decided):
+            cluster = clusters.take(pa.array(at, pa.int64(), mask=~hit))
+            is_dup = hit & duplicate[at]
+        else:
+            cluster, is_dup = pa.nulls(batch.num_rows, pa.string()), np.zeros(batch.num_rows, bool)
+        table = pa.Table.from_batches([batch]).append_column(CLUSTER_COLUMN, cluster)
+        table = table.append_column(DUPLICATE_COLUMN, pa.array(is_dup, pa.bool_()))
+        return BatchOutcome(table, None, {f"{WOULD_DROP}.{REASON}": int(is_dup.sum())})
+
+    return tag

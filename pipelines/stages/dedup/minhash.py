@@ -17,6 +17,9 @@ Phases:
    threshold is kept (LSH false positives and chains of candidates). Memory follows one bucket's clustered
    documents, and the buckets run in parallel.
 6. `filter` (per shard): drop clustered non-keepers (naming their keeper) and add `minhash_cluster`.
+   With `--mode tag` nothing is dropped: `minhash_cluster` (the keeper's id, on the keeper and on each
+   member; null outside clusters) and `minhash_duplicate` (true on the rows drop mode would drop) are
+   added, so `thresher filter --where "not minhash_duplicate"` keeps what drop mode keeps.
 Documents are ordered by (shard file name, row), which makes every choice independent of scheduling.
 Later phases list the index of the phases they read, not their files: the plan stays O(shards + bands).
 """
@@ -48,6 +51,7 @@ from thresher.pipelines.engine.shards import (
     shard_parts,
 )
 from thresher.pipelines.engine.stage import PhaseSpec, Stage, StageParams, TaskContext, TaskResult, TaskSpec
+from thresher.pipelines.engine.tagging import WOULD_DROP, FilterMode, mode_field
 from thresher.pipelines.stages.dedup import signatures as minhash
 from thresher.pipelines.stages.dedup.lsh_merge import (
     BAND_SCHEMA,
@@ -61,6 +65,7 @@ from thresher.pipelines.text.hashing import splitmix64
 
 REASON = "near_duplicate"
 CLUSTER_COLUMN = "minhash_cluster"
+DUPLICATE_COLUMN = "minhash_duplicate"
 ROW_BITS = 40  # doc = shard << 40 | row: a trillion rows per shard, 8 million shards
 # Documents MinHashed per step: the arrays of one step (a few per token) stay near 20 MB at 260 words a
 # document, where 8192 documents peaked at 150 MB in each worker; per-step overhead is still small here.
@@ -145,6 +150,7 @@ class MinHashParams(StageParams):
         "its cluster), estimate (estimated Jaccard from the signatures, to the keeper) or none. A member "
         "below --threshold is kept, and with exact and exact-any may keep a cluster of its own.",
     )
+    mode: FilterMode = mode_field("minhash_duplicate (minhash_cluster is added in both modes)")
 
     @model_validator(mode="after")
     def _bands_and_rows(self) -> MinHashParams:
@@ -192,6 +198,8 @@ class MinHashDedup(Stage):
     def phases(self) -> list[PhaseSpec]:
         assert self.ctx.input is not None
         shards = self.ctx.input.shards
+        if self.params.mode == "tag":
+            self.check_new_columns([CLUSTER_COLUMN, DUPLICATE_COLUMN])
         bands, rows = self.lsh_shape()
         signatures, buckets, components, gather, verify = (
             str(phase_index_path(self.ctx.output, name))
@@ -571,6 +579,7 @@ class MinHashDedup(Stage):
         decided = (pa.concat_tables(found) if found else CLUSTER_SCHEMA.empty_table()).sort_by("row")
         clustered_rows = decided["row"].to_numpy()
         clusters, dup_of = decided["cluster"], decided["dup_of"]
+        tag = self.params.mode == "tag"
 
         def mark(batch: pa.RecordBatch, offset: int) -> BatchOutcome:
             rows = np.arange(offset, offset + batch.num_rows)
@@ -587,6 +596,9 @@ class MinHashDedup(Stage):
                 else pa.array(np.zeros(batch.num_rows, bool))
             )
             table = pa.Table.from_batches([batch]).append_column(CLUSTER_COLUMN, cluster)
+            if tag:
+                table = table.append_column(DUPLICATE_COLUMN, dup)
+                return BatchOutcome(table, None, {f"{WOULD_DROP}.{REASON}": int(pc.sum(dup).as_py() or 0)})
             if not pc.any(dup).as_py():
                 return BatchOutcome(table)
             dropped = dropped_table(
@@ -594,7 +606,7 @@ class MinHashDedup(Stage):
             )
             return BatchOutcome(table.filter(pc.invert(dup)), dropped)
 
-        return map_batches(storage.location(task.inputs[0]), tc, mark, writes_dropped=True)
+        return map_batches(storage.location(task.inputs[0]), tc, mark, writes_dropped=not tag)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         bands, rows = self.lsh_shape()
@@ -605,7 +617,7 @@ class MinHashDedup(Stage):
             **{k: sum(r.extra.get(k, 0) for r in records if r.phase == "verify") for k in verified},
         }
         without = sum(r.extra.get("without_shingles", 0) for r in records if r.phase == "signatures")
-        return {
+        summary: dict[str, Any] = {
             "bands": bands,
             "rows": rows,
             "s_curve": {
@@ -615,3 +627,7 @@ class MinHashDedup(Stage):
             "documents_without_shingles": without,
             **clusters,
         }
+        if self.params.mode == "tag":
+            summary["mode"] = "tag"
+            summary["would_drop"] = {REASON: self.counted(WOULD_DROP).get(REASON, 0)}
+        return summary

@@ -99,18 +99,29 @@ _JAVASCRIPT_COOKIE = (
 _URL_HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/:?#]+)"
 
 
+Figure = np.ndarray | list[str | None]
+
+
 @dataclass
 class RuleOutcome:
-    """Which documents trip a rule, the measured figure, and the limit it was held to (for `_dropped/`)."""
+    """Which documents trip a rule, the measured figure, and the limit it was held to (for `_dropped/`).
+    `figures` are what tag mode writes as columns, by name suffix ("" for the rule's own column); by
+    default the figure itself when it is a number."""
 
     tripped: np.ndarray
     value: np.ndarray | list[str]
     limit: str
+    figures: dict[str, Figure] | None = None
 
     def detail(self, row: int) -> str:
         value = self.value[row]
         shown = value if isinstance(value, str) else f"{value:.4g}"
         return f"{shown} {self.limit}".strip()
+
+    def tag_figures(self) -> dict[str, Figure]:
+        if self.figures is not None:
+            return self.figures
+        return {"": self.value} if isinstance(self.value, np.ndarray) else {}
 
 
 RuleFn = Callable[[TextBatch, "HeuristicsParams", "Blocklists"], RuleOutcome]
@@ -235,14 +246,16 @@ def top_ngram(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
     tripped = np.zeros(tb.n, dtype=bool)
     worst = np.zeros(tb.n, dtype=np.float64)
     labels = [""] * tb.n
+    figures: dict[str, Figure] = {}
     for n, limit in p.top_ngram_limits():
         share = _fraction(tb.ngram_runs(n).top_chars(tb.n), tb.normalised_chars)
+        figures[str(n)] = share
         over = (share > limit) & ~tripped
         for row in np.nonzero(over)[0]:
             labels[row] = f"{n}-gram > {limit:g}"
         worst = np.where(over, share, worst)
         tripped |= over
-    return _labelled(tripped, worst, labels, "of chars in the top")
+    return _labelled(tripped, worst, labels, "of chars in the top", figures)
 
 
 def dup_ngram(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
@@ -251,21 +264,25 @@ def dup_ngram(tb: TextBatch, p: HeuristicsParams, _: Blocklists) -> RuleOutcome:
     worst = np.zeros(tb.n, dtype=np.float64)
     labels = [""] * tb.n
     words = tb.normalised_words
+    figures: dict[str, Figure] = {}
     # In increasing n, so each n-gram pass looks only where the last one found repeats (see ngram_runs).
     for n, limit in p.dup_ngram_limits():
         runs = tb.ngram_runs(n)
         share = _fraction(runs.covered_chars(words.lengths, tb.n, words.doc), tb.normalised_chars)
+        figures[str(n)] = share
         over = (share > limit) & ~tripped
         for row in np.nonzero(over)[0]:
             labels[row] = f"{n}-grams > {limit:g}"
         worst = np.where(over, share, worst)
         tripped |= over
-    return _labelled(tripped, worst, labels, "of chars in repeated")
+    return _labelled(tripped, worst, labels, "of chars in repeated", figures)
 
 
-def _labelled(tripped: np.ndarray, value: np.ndarray, labels: list[str], prefix: str) -> RuleOutcome:
+def _labelled(
+    tripped: np.ndarray, value: np.ndarray, labels: list[str], prefix: str, figures: dict[str, Figure]
+) -> RuleOutcome:
     details = [f"{v:.4g} {prefix} {label}" if label else "" for v, label in zip(value, labels, strict=True)]
-    return RuleOutcome(tripped, details, "")
+    return RuleOutcome(tripped, details, "", figures)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,6 +418,7 @@ def _domain(entry: str) -> str:
 
 def word_blocklist(tb: TextBatch, p: HeuristicsParams, lists: Blocklists) -> RuleOutcome:
     found: list[str] = [""] * tb.n
+    entries: list[str | None] = [None] * tb.n  # the entry matched, as tag mode's column
     tripped = np.zeros(tb.n, dtype=bool)
     if lists.words:
         words = tb.normalised_words
@@ -411,7 +429,7 @@ def word_blocklist(tb: TextBatch, p: HeuristicsParams, lists: Blocklists) -> Rul
         matched = words.values.take(pa.array(hit_rows[first])).to_pylist()
         for doc, word in zip(docs, matched, strict=True):
             tripped[doc] = True
-            found[doc] = repr(word)
+            found[doc], entries[doc] = repr(word), word
     if lists.phrases:
         pattern = (
             r"(?:^|[^\pL\pN])(" + "|".join(_re2_escape(ph) for ph in lists.phrases) + r")(?:$|[^\pL\pN])"
@@ -425,15 +443,17 @@ def word_blocklist(tb: TextBatch, p: HeuristicsParams, lists: Blocklists) -> Rul
         for doc in np.nonzero(hits & ~tripped)[0]:
             m = named.search(normal[int(doc)].as_py())
             found[doc] = repr(m.group(1)) if m else "a blocklisted phrase"
+            entries[doc] = m.group(1) if m else None
         tripped |= hits
-    return RuleOutcome(tripped, found, "is blocklisted")
+    return RuleOutcome(tripped, found, "is blocklisted", {"": entries})
 
 
 def url_blocklist(tb: TextBatch, p: HeuristicsParams, lists: Blocklists) -> RuleOutcome:
     if tb.urls is None:
         raise AssertionError("url_blocklist needs the url column; the stage passes it")
     tripped, matched = blocked_hosts(tb.urls, lists.domains)
-    return RuleOutcome(tripped, [repr(m) for m in matched], "is a blocklisted domain")
+    matched_or_none: list[str | None] = [m or None for m in matched]
+    return RuleOutcome(tripped, [repr(m) for m in matched], "is a blocklisted domain", {"": matched_or_none})
 
 
 def blocked_hosts(urls: pa.Array, domains: frozenset[str]) -> tuple[np.ndarray, list[str]]:

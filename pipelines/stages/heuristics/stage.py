@@ -8,6 +8,14 @@ source (the Gopher or the C4 paper) and its default threshold are listed in `rul
 With `--c4-lines` the stage first rewrites documents the way C4 did (offending lines removed, see
 `rules.c4_clean_lines`), drops those left with too few sentences under the reason `c4_lines`,
 and runs the rules on what is left; the manifest counts the lines removed.
+
+With `--mode tag` no document is dropped. Each active rule adds its measured figure as `h_<rule>` (a
+number, or for the blocklists the entry matched; `gopher_top_ngram` and `gopher_dup_ngram` add one
+column per n, `h_<rule>_<n>`; the two substring rules have no figure) and `h_<rule>_pass`, and `h_reason`
+names the rule drop mode would have dropped the document under (null: it passes), so
+`thresher filter --where "h_reason is null"` keeps what drop mode keeps and
+`--where "h_gopher_word_count >= 30 and h_c4_curly_bracket_pass"` tries other limits. `--c4-lines`
+cleans the text in both modes; tag mode adds `h_c4_lines` (sentences left) and `h_c4_lines_pass`.
 """
 
 from __future__ import annotations
@@ -25,15 +33,22 @@ from thresher.pipelines.engine.errors import UsageError
 from thresher.pipelines.engine.manifest import TaskRecord
 from thresher.pipelines.engine.mapping import BatchOutcome, MapStage
 from thresher.pipelines.engine.stage import PhaseSpec, StageParams, TaskSpec
+from thresher.pipelines.engine.tagging import WOULD_DROP, FilterMode, mode_field, would_drop_counts
 from thresher.pipelines.stages.heuristics.rules import (
     DEFAULT_RULES,
     RULE_NAMES,
     Blocklists,
+    CleanedLines,
+    Figure,
+    RuleOutcome,
     c4_clean_lines,
     expand_rules,
     rule,
 )
 from thresher.pipelines.stages.heuristics.text_views import TextBatch
+
+TAG_PREFIX = "h_"
+REASON_COLUMN = "h_reason"
 
 
 def _ngram_limits(values: list[str], smallest: int, option: str) -> list[tuple[int, float]]:
@@ -128,6 +143,7 @@ class HeuristicsParams(StageParams):
         [], description="Files of blocked domains, one per line; subdomains are blocked too."
     )
     url_column: str = Field("url", description="Column holding the URL, for --url-blocklist.")
+    mode: FilterMode = mode_field("h_<rule> (the figure), h_<rule>_pass and h_reason (the first rule failed)")
 
     @field_validator("rules")
     @classmethod
@@ -200,9 +216,26 @@ class Heuristics(MapStage[HeuristicsParams]):
                 raise UsageError(f"{f}: blocklist file does not exist")
         return files
 
+    def writes_dropped(self) -> bool:
+        return self.params.mode == "drop"
+
     def phases(self) -> list[PhaseSpec]:
         self.side_inputs()
+        if self.params.mode == "tag":
+            self._check_tag_columns()
         return super().phases()
+
+    def _check_tag_columns(self) -> None:
+        # Tag columns are named by rule, and the n-gram rules add a suffix per n: any input column under
+        # a rule's prefix could be overwritten.
+        assert self.ctx.input is not None
+        rules = ["c4_lines", *self.params.active_rules()]
+        for shard in self.ctx.input.shards:
+            for column in shard.schema.names if shard.schema is not None else []:
+                if column == REASON_COLUMN or any(column.startswith(TAG_PREFIX + r) for r in rules):
+                    raise UsageError(
+                        f"{shard.path}: already has column '{column}'; --mode tag would overwrite it"
+                    )
 
     def task_args(self) -> dict[str, Any]:
         # Absolute paths: a task may run from another directory (a Slurm array task). The files' digests
@@ -221,25 +254,59 @@ class Heuristics(MapStage[HeuristicsParams]):
         p, checker = self.params, self.checker
         urls = batch.column(p.url_column) if p.url_blocklist else None
         short: dict[int, str] = {}
+        cleaned = None
         if p.c4_lines:
             index = batch.schema.get_field_index(p.text_column)
-            texts, short = checker.clean_lines(batch.column(index))
-            batch = batch.set_column(index, batch.schema.field(index), texts)
-        reasons, details = checker.check(TextBatch(batch.column(p.text_column), urls), short)
-        drop = [r is not None for r in reasons]
-        return BatchOutcome.drop_rows(batch, drop, reasons, details, checker.take_counts())
+            cleaned, short = checker.clean(batch.column(index))
+            batch = batch.set_column(index, batch.schema.field(index), cleaned.text)
+        reasons, details, outcomes = checker.measure(TextBatch(batch.column(p.text_column), urls), short)
+        if p.mode == "drop":
+            drop = [r is not None for r in reasons]
+            return BatchOutcome.drop_rows(batch, drop, reasons, details, checker.take_counts())
+        if cleaned is not None:
+            passed = cleaned.sentences >= p.c4_min_sentences
+            outcomes = {"c4_lines": RuleOutcome(~passed, cleaned.sentences, ""), **outcomes}
+        table = pa.Table.from_batches([batch])
+        for name, values in tag_columns(outcomes, reasons).items():
+            table = table.append_column(name, values)
+        return BatchOutcome(table, None, {**checker.take_counts(), **would_drop_counts(reasons)})
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         rules = list(self.params.active_rules())
         rules = ["c4_lines", *rules] if self.params.c4_lines else rules
         tripped = self.counted("tripped")
-        return {
+        summary: dict[str, Any] = {
             "rules": rules,
             "dropped_by_rule": {name: self.totals.dropped.get(name, 0) for name in rules},
             # A document can trip several rules; it is dropped under the first.
             "tripped_by_rule": {name: tripped.get(name, 0) for name in rules},
             "c4_lines": self.counted("c4_lines") if self.params.c4_lines else None,
         }
+        if self.params.mode == "tag":
+            would_drop = self.counted(WOULD_DROP)
+            summary["mode"] = "tag"
+            summary["would_drop_by_rule"] = {name: would_drop.get(name, 0) for name in rules}
+        return summary
+
+
+def _figure_column(values: Figure) -> pa.Array:
+    if isinstance(values, list):
+        return pa.array(values, pa.string())
+    # One type per figure for every batch, whatever numpy made of it: counts as int64, shares as float64.
+    kind = pa.int64() if np.issubdtype(values.dtype, np.integer) else pa.float64()
+    return pa.array(values, kind)
+
+
+def tag_columns(outcomes: dict[str, RuleOutcome], reasons: list[str | None]) -> dict[str, pa.Array]:
+    """Tag mode's columns: per rule its figures and whether the document passes, then the first rule
+    it fails."""
+    columns: dict[str, pa.Array] = {}
+    for name, outcome in outcomes.items():
+        for suffix, values in outcome.tag_figures().items():
+            columns[TAG_PREFIX + name + (f"_{suffix}" if suffix else "")] = _figure_column(values)
+        columns[f"{TAG_PREFIX}{name}_pass"] = pa.array(~np.asarray(outcome.tripped, bool), pa.bool_())
+    columns[REASON_COLUMN] = pa.array(reasons, pa.string())
+    return columns
 
 
 class HeuristicChecker:
@@ -266,6 +333,11 @@ class HeuristicChecker:
     def clean_lines(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, dict[int, str]]:
         """The texts with C4's offending lines removed, and the documents left with too few sentences
         (row -> detail), which `check` drops under c4_lines before any rule."""
+        cleaned, short = self.clean(texts)
+        return cleaned.text, short
+
+    def clean(self, texts: pa.Array | pa.ChunkedArray) -> tuple[CleanedLines, dict[int, str]]:
+        """`clean_lines` with the whole outcome of the cleaning (sentences left, for tag mode)."""
         p = self.params
         cleaned = c4_clean_lines(texts, p.c4_min_line_words)
         self.line_counts["lines_removed"] += int(cleaned.lines_removed.sum())
@@ -276,13 +348,21 @@ class HeuristicChecker:
             for i in np.nonzero(cleaned.sentences < p.c4_min_sentences)[0]
         }
         self.tripped["c4_lines"] += len(short)
-        return cleaned.text, short
+        return cleaned, short
 
     def check(
         self, tb: TextBatch, dropped_first: dict[int, str] | None = None
     ) -> tuple[list[str | None], list[str | None]]:
         """Per document: the first rule it trips (None if none) and that rule's detail. Rows in
         `dropped_first` (from `clean_lines`) are dropped under c4_lines whatever the rules say."""
+        reasons, details, _ = self.measure(tb, dropped_first)
+        return reasons, details
+
+    def measure(
+        self, tb: TextBatch, dropped_first: dict[int, str] | None = None
+    ) -> tuple[list[str | None], list[str | None], dict[str, RuleOutcome]]:
+        """`check`, and each rule's outcome by name."""
+        outcomes: dict[str, RuleOutcome] = {}
         reasons: list[str | None] = [None] * tb.n
         details: list[str | None] = [None] * tb.n
         undecided = np.ones(tb.n, dtype=bool)
@@ -291,9 +371,10 @@ class HeuristicChecker:
             undecided[row] = False
         for r in self.rules:
             outcome = r.measure(tb, self.params, self.blocklists)
+            outcomes[r.name] = outcome
             self.tripped[r.name] += int(outcome.tripped.sum())
             for row in np.nonzero(outcome.tripped & undecided)[0]:
                 reasons[row] = r.name
                 details[row] = outcome.detail(int(row))
             undecided &= ~outcome.tripped
-        return reasons, details
+        return reasons, details, outcomes

@@ -1,6 +1,7 @@
-"""What a token is here: a local tokenizer, either a `tokenizers` JSON file (`tokenizer.json`) or a
-`transformers` tokenizer folder (one with `tokenizer_config.json`), loaded offline. Nothing is
-downloaded and no code from the folder runs (`local_files_only`, `trust_remote_code=False`).
+"""What a token is here: a local tokenizer, either a `tokenizers` JSON file (`tokenizer.json`), a
+`transformers` tokenizer folder (one with `tokenizer_config.json`) or a sentencepiece model (`.model`,
+such as the one `lm train-kenlm` writes), loaded offline. Nothing is downloaded and no code from the
+folder runs (`local_files_only`, `trust_remote_code=False`).
 
 Texts are encoded with the tokenizer's own special tokens (`add_special_tokens=True`, as
 `tokenizer(text)` does): a Llama-style tokenizer's BOS is part of each document's tokens.
@@ -30,12 +31,15 @@ class LocalTokenizer:
     """A loaded tokenizer: the `tokenizers` object that encodes (a transformers fast tokenizer's
     backend), how many ids it can give, and its end-of-document id when it names one."""
 
-    backend: Any  # tokenizers.Tokenizer
+    backend: Any  # tokenizers.Tokenizer, or a sentencepiece processor
     vocab_size: int  # one past the largest id, added tokens included
     eos_id: int | None
     source: Path
+    sentencepiece: bool = False
 
     def encode(self, texts: Sequence[str | None]) -> list[list[int]]:
+        if self.sentencepiece:
+            return self.backend.encode([t or "" for t in texts])  # type: ignore[no-any-return]
         encodings = self.backend.encode_batch([t or "" for t in texts], add_special_tokens=True)
         return [e.ids for e in encodings]
 
@@ -61,6 +65,8 @@ def load_tokenizer(path: Path, flag: str = "--tokenizer") -> LocalTokenizer:
     path = check_path(path, flag)
     if path.is_dir() and (path / TRANSFORMERS_CONFIG).is_file():
         return _from_transformers(path, flag)
+    if path.is_file() and path.suffix == ".model":
+        return _from_sentencepiece(path, flag)
     file = path / TOKENIZER_FILE if path.is_dir() else path
     from tokenizers import Tokenizer
 
@@ -93,6 +99,17 @@ def _from_transformers(folder: Path, flag: str) -> LocalTokenizer:
         eos if eos is not None else _named_eos(backend),
         folder,
     )
+
+
+def _from_sentencepiece(file: Path, flag: str) -> LocalTokenizer:
+    from thresher.scorers.kenlm_model import load_sentencepiece
+
+    try:
+        processor = load_sentencepiece(file)
+    except ThresherError as exc:
+        raise ThresherError(f"{flag} {exc}") from None
+    eos = processor.eos_id()
+    return LocalTokenizer(processor, processor.get_piece_size(), eos if eos >= 0 else None, file, True)
 
 
 def _whole(backend: Any) -> Any:
