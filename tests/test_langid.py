@@ -129,3 +129,54 @@ def test_bad_langid_input_is_a_one_line_error(
     assert_user_error(cli("langid", tmp_path / "has", out, "--model", lid_model), 2, "'lang'")
     assert_no_output(out)
     assert FastTextModel.load(lid_model).labels  # the good model still loads after the broken one
+
+
+def test_route_writes_one_shard_set_per_language(
+    cli: Cli, tmp_path: Path, lid_model: Path, mixed: tuple
+) -> None:
+    src, _ = mixed
+    out = tmp_path / "routed"
+    args = ("langid", src, out, "--model", lid_model, "--keep", "en,de", "--route", "-w", "2", "-q")
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)  # the full shard set is still OUTPUT itself
+    routes = read_manifest(out)["summary"]["routes"]
+    assert sorted(routes) == sorted({r["lang"] for r in rows}) == ["de", "en"]
+    for lang, route in routes.items():
+        folder = out / route["path"]
+        assert folder == out / "_by_lang" / lang
+        routed = read_rows(folder)
+        assert routed == [r for r in rows if r["lang"] == lang]  # same rows, in input order
+        manifest = read_manifest(folder)
+        assert route["rows"] == len(routed) == manifest["totals"]["rows_out"]
+        assert manifest["params"]["language"] == lang and manifest["input"]["path"] == str(src.resolve())
+        assert [f["path"] for f in manifest["outputs"]] == sorted(p.name for p in folder.glob("*.parquet"))
+    # Readers that walk OUTPUT skip the routed copies, as they skip _dropped/.
+    assert pq.read_table(out).num_rows == len(rows)
+
+    # Each language folder is an input a later stage takes as it is.
+    tagged = tmp_path / "tagged"
+    result = cli("dedup", "exact", out / "_by_lang" / "de", tagged, "-w", "1", "-q")
+    assert result.exit_code == 0, result.output
+    assert read_manifest(tagged)["input"]["stage"] == "langid"
+    assert len(read_rows(tagged)) <= routes["de"]["rows"]
+
+    # A rerun that keeps fewer languages leaves no folder of a language it no longer writes.
+    args = ("langid", src, out, "--model", lid_model, "--keep", "de", "--route", "-w", "1", "-q")
+    assert cli(*args).exit_code == 0
+    assert sorted(p.name for p in (out / "_by_lang").iterdir()) == ["de"]
+    assert sorted(read_manifest(out)["summary"]["routes"]) == ["de"]
+
+
+def test_route_without_keep_routes_every_language(
+    cli: Cli, tmp_path: Path, lid_model: Path, mixed: tuple
+) -> None:
+    src, truth = mixed
+    out = tmp_path / "out"
+    assert cli("langid", src, out, "--model", lid_model, "--route", "-w", "1", "-q").exit_code == 0
+    routes = read_manifest(out)["summary"]["routes"]
+    assert sorted(routes) == ["de", "en", "fr"]
+    assert sum(r["rows"] for r in routes.values()) == len(truth)
+    # Without --route again, the routed copies of the earlier run go.
+    assert cli("langid", src, out, "--model", lid_model, "-w", "1", "-q").exit_code == 0
+    assert not (out / "_by_lang").exists() and "routes" not in read_manifest(out)["summary"]

@@ -12,6 +12,8 @@ import pytest
 
 from thresher.pipelines.testing.sample_data import (
     INSTRUCTION_SCHEMA,
+    SEO_SHARE,
+    THIN_SHARE,
     TRUTH_SCHEMA,
     WEB_SCHEMA,
     WebSample,
@@ -32,7 +34,10 @@ INTENDED = {
     "long": 0.02,
     "clean": 0.71,
 }
+# `hard_quality`: more negatives, so fewer clean pages.
+HARD_INTENDED = {**INTENDED, "boilerplate": 0.08, "spam": 0.08, "clean": 0.61}
 SMALL = {"web_docs": 300, "instruction_rows": 150, "rows_per_shard": 120}
+BLOCKLIST = Path(__file__).resolve().parents[1] / "recipes" / "blocklists" / "spam-words.txt"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +49,13 @@ def web() -> WebSample:
 def rows(web: WebSample) -> list[dict]:
     """Web rows joined with their truth rows."""
     return [{**r, **t} for r, t in zip(web.table.to_pylist(), web.truth.to_pylist(), strict=True)]
+
+
+@pytest.fixture(scope="module")
+def hard_rows() -> list[dict]:
+    """The corpus `make demo` runs on (what write_sample_data writes), joined with its truth."""
+    hard = generate_web(hard_quality=True)
+    return [{**r, **t} for r, t in zip(hard.table.to_pylist(), hard.truth.to_pylist(), strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +152,14 @@ def test_ids_urls_and_domains(web: WebSample, rows: list[dict]) -> None:
     assert domains["code"] >= 200
 
 
-def test_planted_kinds_have_intended_shares(rows: list[dict]) -> None:
+@pytest.mark.parametrize(("corpus", "intended"), [("rows", INTENDED), ("hard_rows", HARD_INTENDED)])
+def test_planted_kinds_have_intended_shares(
+    corpus: str, intended: dict[str, float], request: pytest.FixtureRequest
+) -> None:
+    rows = request.getfixturevalue(corpus)
     kinds = Counter(r["kind"] for r in rows)
     assert set(kinds) == set(KINDS)
-    for kind, share in INTENDED.items():
+    for kind, share in intended.items():
         assert abs(kinds[kind] / len(rows) - share) <= 0.01, (kind, kinds[kind])
     # Planted items are spread over the whole corpus, not bunched at the end.
     for kind in ("exact_dup", "near_dup", "spam", "short"):
@@ -151,7 +167,9 @@ def test_planted_kinds_have_intended_shares(rows: list[dict]) -> None:
         assert positions[0] < len(rows) * 0.2 and positions[-1] > len(rows) * 0.8, kind
 
 
-def test_document_shapes(rows: list[dict]) -> None:
+@pytest.mark.parametrize("corpus", ["rows", "hard_rows"])
+def test_document_shapes(corpus: str, request: pytest.FixtureRequest) -> None:
+    rows = request.getfixturevalue(corpus)
     for r in rows:
         n_words = len(r["text"].split())
         if r["kind"] == "clean":
@@ -172,6 +190,43 @@ def test_document_shapes(rows: list[dict]) -> None:
     junk = " ".join(r["text"].lower() for r in rows if r["kind"] in ("boilerplate", "spam"))
     for marker in ("cookies", "javascript", "lorem ipsum", "...", "$$$"):
         assert marker in junk, marker
+
+
+def _is_prose(text: str) -> bool:
+    return all(re.search(r"[.!?]$", p) for p in text.split("\n\n"))
+
+
+def test_hard_quality_negatives_read_like_articles(rows: list[dict], hard_rows: list[dict]) -> None:
+    """Thin pages and SEO copy: article-length prose in the domain's words, free of blocklisted terms,
+    so the rule filters pass them and only a learned classifier can rank them."""
+    blocked = [
+        w for w in BLOCKLIST.read_text(encoding="utf-8").splitlines() if w.strip() and not w.startswith("#")
+    ]
+
+    def plausible(r: dict) -> bool:
+        text = r["text"]
+        return (
+            len(text.split()) >= 80
+            and text.isascii()
+            and not any(re.search(rf"\b{re.escape(w)}\b", text, re.I) for w in blocked)
+            and "lorem ipsum" not in text.lower()
+            and "$$$" not in text
+        )
+
+    for kind, share in (("boilerplate", THIN_SHARE), ("spam", SEO_SHARE)):
+        hard = [r for r in hard_rows if r["kind"] == kind]
+        mostly_prose = [r for r in hard if plausible(r)]
+        # Thin pages may open with a cookie line or close with a navigation line; SEO copy never does.
+        assert len(mostly_prose) >= (share - 0.1) * len(hard), kind
+        assert sum(_is_prose(r["text"]) for r in hard) >= (share - 0.3) * len(hard), kind
+        # The easy corpus keeps its negatives blatant.
+        easy = [r for r in rows if r["kind"] == kind]
+        assert sum(plausible(r) and _is_prose(r["text"]) for r in easy) <= 0.2 * len(easy), kind
+    # Clean pages share the site's voice in part: some carry phrases the thin pages are made of.
+    clean = [r["text"] for r in hard_rows if r["kind"] == "clean"]
+    voiced = sum("in the comments below" in t or "was last updated on" in t for t in clean)
+    assert 0.1 * len(clean) <= voiced <= 0.9 * len(clean)
+    assert not any("in the comments below" in r["text"] for r in rows if r["kind"] == "clean")
 
 
 def test_near_dup_jaccard_matches_independent_computation(rows: list[dict]) -> None:

@@ -68,9 +68,20 @@ KIND_SHARES: dict[str, float] = {
     "non_latin": 0.01,
     "long": 0.02,
 }
+# With `hard_quality`: more than twice the negatives, most of them written to pass for articles.
+HARD_QUALITY_SHARES: dict[str, float] = {**KIND_SHARES, "boilerplate": 0.08, "spam": 0.08}
 # 0.01 and 0.02 land above Jaccard 0.8 on 5-gram shingles, the rest below, so a 0.8 threshold is tested
 # from both sides.
 NEAR_DUP_RATES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+# With `hard_quality`, the shares of boilerplate that are thin pages and of spam that is SEO copy (the rest
+# is the blatant kind the rule filters catch), and the share of sentences in the site's own voice: up to
+# CLEAN_VOICE_MAX on clean pages, drawn from these ranges on thin and SEO pages. The ranges overlap, so
+# some pages of each class read like the other and a classifier's scores spread instead of saturating.
+THIN_SHARE = 0.8
+SEO_SHARE = 0.8
+CLEAN_VOICE_MAX = 0.7
+THIN_VOICE = (0.35, 0.85)
+SEO_VOICE = (0.4, 0.9)
 TASK_SHARES: dict[str, float] = {"arithmetic": 0.3, "rewrite": 0.2, "classify": 0.2, "qa": 0.15, "list": 0.15}
 ARITHMETIC_WRONG_SHARE = 0.2
 POOR_OUTPUT_SHARE = 0.1
@@ -471,8 +482,15 @@ def _sentence(rng: random.Random, domain: str) -> str:
     return _capitalise(_fill(rng, rng.choice(templates), {**_COMMON_SLOTS, **slots}))
 
 
-def _paragraph_units(rng: random.Random, domain: str, target_words: int) -> list[str]:
-    """Paragraphs whose word total first reaches `target_words` (overshoot: at most one sentence/block)."""
+def _paragraph_units(
+    rng: random.Random,
+    domain: str,
+    target_words: int,
+    voice: float = 0.0,
+    voice_templates: Sequence[str] = (),
+) -> list[str]:
+    """Paragraphs whose word total first reaches `target_words` (overshoot: at most one sentence/block);
+    each sentence is one of `voice_templates` with probability `voice`, else the domain's prose."""
     paragraphs: list[str] = []
     words = 0
     while words < target_words:
@@ -482,7 +500,10 @@ def _paragraph_units(rng: random.Random, domain: str, target_words: int) -> list
         else:
             sents: list[str] = []
             for _ in range(rng.randint(2, 4)):
-                sents.append(_sentence(rng, domain))
+                if voice and rng.random() < voice:
+                    sents.append(_site_sentence(rng, domain, voice_templates))
+                else:
+                    sents.append(_sentence(rng, domain))
                 words += _word_count(sents[-1])
                 if words >= target_words:
                     break
@@ -497,10 +518,13 @@ def _paragraph_units(rng: random.Random, domain: str, target_words: int) -> list
     return paragraphs
 
 
-def _clean_text(rng: random.Random, domain: str) -> str:
+def _clean_text(rng: random.Random, domain: str, voice_max: float = 0.0) -> str:
     # Skewed towards shorter docs keeps the default corpus at a few MB while still covering 80-600 words.
     target = 90 + int(450 * rng.random() ** 3)
-    return "\n\n".join(_paragraph_units(rng, domain, target))
+    # Real articles vary in how much of the site's own voice they carry. No draw at all when there is
+    # none, so the easy corpus stays the same for a seed.
+    voice = voice_max * rng.random() if voice_max else 0.0
+    return "\n\n".join(_paragraph_units(rng, domain, target, voice, _SITE_TEMPLATES))
 
 
 def _long_text(rng: random.Random, domain: str) -> str:
@@ -564,7 +588,61 @@ _SHORT_JUNK = (
 )  # fmt: skip
 
 
-def _boilerplate_text(rng: random.Random, domain: str) -> str:
+# The site's own voice: calls to read on, update notes, pitches. Clean pages carry from none to much of
+# it, thin and SEO pages are mostly made of it, so the classes share phrases and differ in proportion.
+_SITE_TEMPLATES = (
+    "Looking for more on the {T}? Read our full guide to the {T}.",
+    "This page about the {T} was last updated on {DAY}.",
+    "Our team in {PLACE} has followed the {T} for {SMALL} years.",
+    "Tell us what you think about the {T} in the comments below.",
+    "Find everything you need to know about the {T} in one place.",
+    "We collected the best {T} tips from readers in {PLACE}.",
+    "Here is what you should know about the {T} this {MONTH}.",
+    "Sign up to get the latest {T} stories every {DAY}.",
+    "More stories about the {T} are on the next page.",
+)
+# Search-engine copy in a domain's own words: no blocklisted terms and proper sentences, so the rule
+# filters let most of it through and only a learned classifier can tell it from an article.
+_SEO_TEMPLATES = (
+    "Best {T} in {PLACE} at the lowest price, compare {T} offers today.",
+    "Buy {T} online and save up to {PCT} percent on every {T} order.",
+    "Top rated {T} guides, {T} reviews and {T} news for {PLACE} and nearby.",
+    "Why pay more for the {T}? Our {T} experts in {PLACE} found the best {T} for you.",
+    "Get the {T} you deserve, order now and get free delivery on the {T}.",
+    "Cheap {T}, quality {T} and fast {T} service in {PLACE}.",
+    "The number one {T} site for {PLACE}, trusted by {NUM} happy customers.",
+    "Everything about the {T}: {T} tips, {T} prices and {T} news, updated every {DAY}.",
+)
+
+
+def _site_sentence(rng: random.Random, domain: str, templates: Sequence[str] = _SITE_TEMPLATES) -> str:
+    return _fill(rng, rng.choice(templates), {**_COMMON_SLOTS, "T": _TOPIC_WORDS[domain]})
+
+
+def _thin_text(rng: random.Random, domain: str) -> str:
+    """Mostly site furniture around a few real sentences: low value, but plausible prose."""
+    # Article-length on purpose: a length cue alone would separate the classes.
+    target = 90 + int(450 * rng.random() ** 3)
+    voice = rng.uniform(*THIN_VOICE)
+    parts = _paragraph_units(rng, domain, target, voice, _SITE_TEMPLATES)
+    style = rng.randrange(4)
+    if style == 0:
+        parts.insert(0, rng.choice(_COOKIE_LINES))
+    elif style == 1:
+        parts.append(rng.choice(_NAV_LINES))
+    return "\n\n".join(parts)
+
+
+def _seo_text(rng: random.Random, domain: str) -> str:
+    """Keyword-led search copy stitched around borrowed domain sentences."""
+    target = 90 + int(450 * rng.random() ** 3)
+    voice = rng.uniform(*SEO_VOICE)
+    return "\n\n".join(_paragraph_units(rng, domain, target, voice, _SEO_TEMPLATES + _SITE_TEMPLATES))
+
+
+def _boilerplate_text(rng: random.Random, domain: str, hard: bool) -> str:
+    if hard and rng.random() < THIN_SHARE:
+        return _thin_text(rng, domain)
     teaser_slots = {**_COMMON_SLOTS, **_DOMAINS[domain][1], "N": _TOPIC_WORDS[domain]}
     parts: list[str] = []
     for style in rng.sample(range(4), rng.randint(2, 4)):
@@ -584,7 +662,9 @@ def _boilerplate_text(rng: random.Random, domain: str) -> str:
     return "\n\n".join(parts)
 
 
-def _spam_text(rng: random.Random, domain: str) -> str:
+def _spam_text(rng: random.Random, domain: str, hard: bool) -> str:
+    if hard and rng.random() < SEO_SHARE:
+        return _seo_text(rng, domain)
     topic = rng.choice(_TOPIC_WORDS[domain])
     lines: list[str] = []
     for _ in range(rng.randint(3, 8)):
@@ -653,11 +733,12 @@ _PII_TEMPLATES = {
 class _PiiPlanter:
     """Inserts PII sentences into clean text; alternates valid/invalid cards so both always occur."""
 
-    def __init__(self) -> None:
+    def __init__(self, voice_max: float) -> None:
         self.cards = 0
+        self.voice_max = voice_max
 
     def __call__(self, rng: random.Random, domain: str, force_card: bool) -> str:
-        paragraphs = _clean_text(rng, domain).split("\n\n")
+        paragraphs = _clean_text(rng, domain, self.voice_max).split("\n\n")
         kinds = rng.sample(("email", "phone", "ip", "card"), rng.randint(1, 3))
         if force_card and "card" not in kinds:
             kinds.append("card")
@@ -800,13 +881,20 @@ def _slug(rng: random.Random, domain: str, used: set[str]) -> str:
             return slug
 
 
-def generate_web(n_docs: int = 3000, seed: int = 0) -> WebSample:
-    """Build a shuffled web-like corpus of `n_docs` docs with planted defects and its truth table."""
+def generate_web(n_docs: int = 3000, seed: int = 0, hard_quality: bool = False) -> WebSample:
+    """Build a shuffled web-like corpus of `n_docs` docs with planted defects and its truth table.
+
+    `hard_quality` plants thin pages and SEO copy among the boilerplate and spam, more of both, and some
+    of the site's own voice in clean pages, so a quality classifier ranks rather than separates (held-out
+    ROC AUC about 0.9 instead of 1.0). Off, a seed gives the same corpus it always has.
+    """
     if n_docs < 0:
         raise ValueError(f"n_docs must be >= 0, got {n_docs}")
     # A string seed goes through SHA-512 in random.Random, so it is stable and independent of hash().
     rng = random.Random(f"thresher-web-{seed}")
-    counts = _plan_counts(n_docs, KIND_SHARES, "clean", min_each=n_docs >= 40)
+    shares = HARD_QUALITY_SHARES if hard_quality else KIND_SHARES
+    voice_max = CLEAN_VOICE_MAX if hard_quality else 0.0
+    counts = _plan_counts(n_docs, shares, "clean", min_each=n_docs >= 40)
     docs: list[_Doc] = []
 
     def add(kind: str, domain: str, text: str, source: int | None = None, rate: float | None = None) -> None:
@@ -814,21 +902,21 @@ def generate_web(n_docs: int = 3000, seed: int = 0) -> WebSample:
 
     for _ in range(counts["clean"]):
         d = _pick_domain(rng)
-        add("clean", d, _clean_text(rng, d))
+        add("clean", d, _clean_text(rng, d, voice_max))
     sources = list(docs)
     for _ in range(counts["long"]):
         d = _pick_domain(rng)
         add("long", d, _long_text(rng, d))
-    planter = _PiiPlanter()
+    planter = _PiiPlanter(voice_max)
     for i in range(counts["pii"]):
         d = _pick_domain(rng)
         add("pii", d, planter(rng, d, force_card=i < 2))
     for _ in range(counts["boilerplate"]):
         d = _pick_domain(rng)
-        add("boilerplate", d, _boilerplate_text(rng, d))
+        add("boilerplate", d, _boilerplate_text(rng, d, hard_quality))
     for _ in range(counts["spam"]):
         d = _pick_domain(rng)
-        add("spam", d, _spam_text(rng, d))
+        add("spam", d, _spam_text(rng, d, hard_quality))
     for _ in range(counts["short"]):
         add("short", _pick_domain(rng), _short_text(rng))
     for i in range(counts["non_latin"]):
@@ -1139,7 +1227,7 @@ def _write_shards(directory: Path, table: pa.Table, rows_per_shard: int) -> list
     return written
 
 
-def _readme(sample: WebSample, instructions: pa.Table, seed: int) -> str:
+def _readme(sample: WebSample, instructions: pa.Table, seed: int, hard_quality: bool) -> str:
     kinds = sample.truth.column("kind").to_pylist()
     domains = sample.table.column("domain").to_pylist()
     n = max(len(kinds), 1)
@@ -1154,6 +1242,17 @@ def _readme(sample: WebSample, instructions: pa.Table, seed: int) -> str:
     ]
     rates = ", ".join(str(r) for r in NEAR_DUP_RATES)
     kind_block, domain_block, task_block = ("\n".join(x) for x in (kind_lines, domain_lines, task_lines))
+    hard_block = (
+        f"""
+
+Made with `hard_quality`: about {THIN_SHARE:.0%} of the boilerplate pages are thin pages (article-length,
+mostly the site's own voice around a few real sentences, sometimes a cookie or navigation line) and
+about {SEO_SHARE:.0%} of the spam is SEO copy in the domain's own words; clean pages carry up to
+{CLEAN_VOICE_MAX:.0%} of their sentences in the site's voice. The classes overlap, so a quality classifier
+trained on `kind` ranks pages (held-out ROC AUC about 0.9) rather than separating them perfectly."""
+        if hard_quality
+        else ""
+    )
     return f"""\
 # thresher sample data
 
@@ -1178,7 +1277,7 @@ edits at rates {rates} (`jaccard_5gram` is the exact Jaccard of word 5-gram sets
 lowercasing and whitespace collapse); cookie/JavaScript/navigation boilerplate and lorem-ipsum
 filler; keyword-stuffed and symbol-heavy spam; short junk pages; fake PII (example.com emails,
 555-01xx phones, RFC 5737 IPs, card numbers half passing and half failing Luhn); a few
-Cyrillic/CJK forum posts; long docs of 3000-8000 words.
+Cyrillic/CJK forum posts; long docs of 3000-8000 words.{hard_block}
 
 Domains:
 
@@ -1200,17 +1299,23 @@ def write_sample_data(
     web_docs: int = 3000,
     instruction_rows: int = 1000,
     rows_per_shard: int = 1000,
+    hard_quality: bool = True,
 ) -> list[Path]:
-    """Write the web shards, truth table, instruction shards, web JSONL and a README; return their paths."""
+    """Write the web shards, truth table, instruction shards, web JSONL and a README; return their paths.
+
+    The written sample is the hard-quality corpus by default: it is what `make demo` runs on, and a demo
+    whose classifier separates perfectly shows nothing about a quality cut."""
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     out_dir = Path(out_dir)
-    sample = generate_web(web_docs, seed)
+    sample = generate_web(web_docs, seed, hard_quality=hard_quality)
     instructions = generate_instructions(instruction_rows, seed)
     written = _write_shards(out_dir / "web", sample.table, rows_per_shard)
     written.append(_write_parquet(out_dir / "web_truth.parquet", sample.truth))
     written += _write_shards(out_dir / "instructions", instructions, rows_per_shard)
     lines = [json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in sample.table.to_pylist()]
     written.append(_write_bytes(out_dir / "web.jsonl", "".join(lines).encode("utf-8")))
-    written.append(_write_bytes(out_dir / "README.md", _readme(sample, instructions, seed).encode("utf-8")))
+    written.append(
+        _write_bytes(out_dir / "README.md", _readme(sample, instructions, seed, hard_quality).encode("utf-8"))
+    )
     return written

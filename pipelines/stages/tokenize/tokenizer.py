@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError, UsageError
 
 # End-of-document tokens by the names common tokenizers give them, for a bare tokenizer.json, which
@@ -71,7 +72,7 @@ def load_tokenizer(path: Path, flag: str = "--tokenizer") -> LocalTokenizer:
     from tokenizers import Tokenizer
 
     try:
-        backend = Tokenizer.from_file(str(file))
+        backend = Tokenizer.from_file(str(storage.local_file(file)))  # by name: a remote file is fetched
     except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
         reason = " ".join(str(exc).split())[:200]
         raise ThresherError(f"{flag} {file}: not a tokenizers JSON file ({reason})") from None
