@@ -291,7 +291,10 @@ def test_lineage_is_a_table_of_every_step(run: Path, page: str) -> None:
         shown = dict(line.rsplit(": ", 1) for line in row[5].splitlines()) if dropped else {}
         assert shown == {r: f"{n:,}" for r, n in dropped.items()}
         assert m["fingerprint"].split(":")[1].startswith(row[8]) and len(row[8]) == 12
-        assert row[6] == "-"  # no tokenize step in the recipe
+        # Tokens are known from the recipe's last step (tokenize) on, not before.
+        tokens = m["totals"].get("tokens")
+        assert row[6] == (f"{tokens:,}" if tokens is not None else "-")
+        assert (tokens is not None) == (m["stage"] == "tokenize")
     assert rows[1][2] == "web.jsonl" and rows[2][2] == "00-ingest" and rows[6][2] == "02-minhash-dedup"
     # The raw JSON is still there for whoever wants it, folded away.
     assert page.count("<details>") == len(folders)

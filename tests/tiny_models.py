@@ -171,6 +171,13 @@ def build_tiny_encoder(
     wordpiece.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     wordpiece.train_from_iterator(list(texts) if texts is not None else instruction_lines(), trainer)
+    # The trainer numbers part of its alphabet (the `##` pieces) in hash order, so ids, and the random
+    # embedding row each token gets, would change from one process to the next. WordPiece's
+    # longest-match split does not depend on the ids: renumbered in sorted order (specials first), the
+    # same encoder comes out in every run.
+    learnt = wordpiece.get_vocab()
+    ordered = specials + sorted(t for t in learnt if t not in specials)
+    wordpiece.model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token="[UNK]")
     cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
