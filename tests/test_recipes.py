@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from browser import screenshot
 from factories import parquet_bytes, run_cli
 
 from thresher.pipelines.engine.lock import output_lock
@@ -159,32 +158,7 @@ def test_report_is_self_contained_and_renders_in_a_browser(recipe_run: Path, tmp
     assert not any(tag in page for tag in ("<script", "<link", "<img", 'src="http', 'href="http', "@import"))
     assert "exact_duplicate" in page and "near_duplicate" in page
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is needed for this test: apt-get install chromium (see .ci/run)"
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1200,1600",
-            f"--screenshot={shot}",
-            report.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    pixels = screenshot(report, tmp_path / "report.png", 1600)
     not_white = (pixels < 235).any(axis=2)
     assert not_white.mean() > 0.05, "the screenshot is (nearly) blank"
     # The funnel's green "kept" bars were drawn: plots rendered, not just text.

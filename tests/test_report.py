@@ -7,14 +7,13 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from browser import screenshot
 from conftest import read_rows
 from factories import run_cli, write_shards
 from scipy import ndimage
@@ -69,35 +68,6 @@ def tables(page: str) -> dict[str, list[list[str]]]:
     parser = _Tables()
     parser.feed(page)
     return parser.tables
-
-
-def screenshot(page: Path, shot: Path, height: int) -> np.ndarray:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is needed for this test: apt-get install chromium (see .ci/run)"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            f"--user-data-dir={shot.parent / 'profile'}",
-            f"--window-size=1200,{height}",
-            f"--screenshot={shot}",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    from PIL import Image
-
-    return np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
 
 
 def colour_mask(pixels: np.ndarray, colour: str, tolerance: int = 4) -> np.ndarray:
