@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.pipelines.engine import storage
-from thresher.pipelines.engine.lock import LEASE_NAME, BusyError
+from thresher.pipelines.engine.lock import LEASE_NAME, BusyError, gone_from_this_host
 from thresher.pipelines.engine.shards import STATE_DIR
 
 # Long enough that a run stalled by a slow store keeps its lease; short enough that a run whose host died
@@ -52,14 +52,7 @@ def _live(lease: dict[str, Any] | None) -> bool:
         return False
     if float(lease.get("expires", 0)) < time.time():
         return False
-    if lease.get("host") == socket.gethostname():
-        try:
-            os.kill(int(lease.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError):
-            return True
-    return True
+    return not gone_from_this_host(lease.get("host"), lease.get("pid"))
 
 
 def _holder(lease: dict[str, Any]) -> str:

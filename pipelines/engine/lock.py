@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,20 @@ LOCK_NAMES = frozenset({LOCK_NAME, LEASE_NAME})
 # Roots this process holds exclusively. flock conflicts between two open files of the same process too,
 # so a recipe's own steps must know not to ask for the root again.
 _held: set[Path] = set()
+
+
+def gone_from_this_host(host: str | None, pid: object) -> bool:
+    """True when a lock's holder was a process of this host that no longer exists; a holder on another
+    host can only be judged by its lock's age."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)  # type: ignore[call-overload]
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError):
+        return False
+    return False
 
 
 def lock_path(output: Path) -> Path:

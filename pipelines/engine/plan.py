@@ -36,6 +36,7 @@ from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.atomic import atomic_open, write_json
 from thresher.pipelines.engine.digest import file_digest, value_digest
 from thresher.pipelines.engine.errors import ThresherError
+from thresher.pipelines.engine.lock import gone_from_this_host
 from thresher.pipelines.engine.manifest import MANIFEST_NAME, FileRecord, TaskRecord
 from thresher.pipelines.engine.registry import get_stage
 from thresher.pipelines.engine.shards import STATE_DIR, Shard, ShardSet, limit_rows
@@ -388,13 +389,7 @@ def _holder_gone(lock: Path) -> bool:
         return age > 10.0  # its holder died between creating and filling it
     if host != socket.gethostname():
         return age > _STALE_LOCK_SECONDS
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return gone_from_this_host(host, pid)
 
 
 @contextlib.contextmanager

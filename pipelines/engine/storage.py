@@ -146,26 +146,26 @@ def local_tmp_for(dest: Path) -> Path:
     # The pid keeps two processes that race on the same task from clobbering each other's temp file.
     if not is_remote(dest):
         return dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    digest = hashlib.sha256(str(dest).encode()).hexdigest()[:16]
-    return local_tmp_dir() / f".thresher-{digest}-{dest.name}.{os.getpid()}.tmp"
+    return local_tmp_dir() / f".{_local_name('file', dest)}-{dest.name}.{os.getpid()}.tmp"
 
 
-def scratch(folder: Path) -> Path:
-    """A local folder for one task's own scratch files (shuffle buckets, a library's training file):
-    `folder` itself on disk; for a remote `folder`, a local folder named after it, since nothing else
-    reads those files and a library wants them by name."""
-    if not is_remote(folder):
-        return folder
-    return scratch_root(folder) / folder.name
+def _local_name(kind: str, remote: Path) -> str:
+    """The name of the local stand-in of a remote file or folder, the same in every process."""
+    return f"thresher-{kind}-{hashlib.sha256(str(remote).encode()).hexdigest()[:16]}"
 
 
-def scratch_root(folder: Path) -> Path:
-    """Where `scratch` puts the folders of one output's work files (removed when the stage finishes)."""
-    text = str(folder)
-    marker = "/_thresher/work"
-    root = text[: text.index(marker) + len(marker)] if marker in text else text
-    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
-    return local_tmp_dir() / f"thresher-scratch-{digest}"
+def scratch(work: Path, name: str = "") -> Path:
+    """A local folder for one task's own scratch files under a stage's work folder `work` (shuffle
+    buckets, a library's training file): `work/name` itself on disk; for a remote `work`, a local folder
+    (nothing else reads those files and a library wants them by name), removed with `scratch_root`."""
+    if not is_remote(work):
+        return work / name if name else work
+    return scratch_root(work) / name if name else scratch_root(work)
+
+
+def scratch_root(work: Path) -> Path:
+    """Where `scratch` puts a remote work folder's local files; the stage removes it when it finishes."""
+    return local_tmp_dir() / _local_name("scratch", work)
 
 
 def local_mirror(folder: Path) -> Path:
@@ -174,8 +174,7 @@ def local_mirror(folder: Path) -> Path:
     put it on a shared filesystem for a multi-node cluster) for a remote `folder`."""
     if not is_remote(folder):
         return folder
-    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
-    return local_tmp_dir() / f"thresher-local-{digest}" / folder.name
+    return local_tmp_dir() / _local_name("local", folder) / folder.name
 
 
 def commit(tmp: Path, dest: Path) -> None:

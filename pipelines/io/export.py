@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,14 +232,12 @@ def _export_hf(shard_set: ShardSet, output: Path, columns: list[str] | None, for
     if not storage.is_remote(output):
         return _export_hf_local(shard_set, output, columns, force)
     # Saved locally, then uploaded: the folder appears on the store only once it is whole.
-    local = storage.scratch(output.parent / f".{output.name}.export") / output.name
-    try:
+    with tempfile.TemporaryDirectory(dir=storage.local_tmp_dir()) as folder:
+        local = Path(folder) / output.name
         rows = _export_hf_local(shard_set, local, columns, force=True)
         if force and output.exists():
             storage.remove_tree(output)
         output.fs.put(str(local), output.path, recursive=True)  # type: ignore[attr-defined]
-    finally:
-        shutil.rmtree(local.parent, ignore_errors=True)
     return rows
 
 

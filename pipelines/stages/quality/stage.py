@@ -208,7 +208,7 @@ class QualityTrain(Stage):
             result = self._finetune_deberta(labelled, tc)
             result.counts = tally.counts()
             return result
-        work = storage.scratch(self.ctx.work / "quality-train")
+        work = storage.scratch(self.ctx.work, "quality-train")
         files = write_training_files(
             labelled,
             work,
