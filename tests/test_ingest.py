@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -360,3 +361,124 @@ def test_jsonl_type_change_after_the_first_batch_is_the_line_parsers_error(cli: 
     result = cli("ingest", src, tmp_path / "out", "--batch-rows", "4", "--workers", "1", "-q")
     # The line parser's own message, naming the lines of the batch that holds the change.
     assert result.exit_code == 1 and "docs.jsonl:9-11: a key holds values of different types" in result.output
+
+
+def _long_rows(n: int = 3000) -> list[dict[str, Any]]:
+    """Rows long enough to fill several of Arrow's blocks (`JSON_BLOCK_BYTES`)."""
+    return [{"id": f"d{i}", "text": f"{i} " + "lorem ipsum " * 45, "n": i} for i in range(n)]
+
+
+def _lines_of(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def _late(rows: list[dict[str, Any]], key: str, value: Any, first: int) -> list[dict[str, Any]]:
+    return [{**r, key: value} if i >= first else r for i, r in enumerate(rows)]
+
+
+JSONL_CASES: dict[str, Callable[[], bytes]] = {
+    "plain": lambda: _lines_of(_long_rows()),
+    "blank-lines": lambda: _lines_of(_long_rows()[:2500]) + b"\n  \r\n" + _lines_of(_long_rows()[2500:]),
+    "no-final-newline": lambda: _lines_of(_long_rows()).rstrip(b"\n"),
+    "crlf": lambda: _lines_of(_long_rows()).replace(b"\n", b"\r\n"),
+    "key-after-first-block": lambda: _lines_of(_late(_long_rows(), "lang", "de", 2500)),
+    "typed-after-first-block": lambda: _lines_of(
+        [{**r, "score": r["n"] / 7 if r["n"] >= 2500 else None} for r in _long_rows()]
+    ),
+    "null-in-first-batch-only": lambda: _lines_of(
+        [{**r, "maybe": r["n"] if r["n"] >= 7 else None} for r in _long_rows(40)]
+    ),
+    "integers-then-floats-in-one-block": lambda: _lines_of(
+        [{**r, "x": r["n"] + (0.5 if r["n"] >= 10 else 0)} for r in _long_rows(40)]
+    ),
+    "dates-after-first-block": lambda: _lines_of(_late(_long_rows(), "when", "2024-05-01T10:00:00", 2500)),
+    "dates-then-words": lambda: _lines_of(
+        [{**r, "when": "2024-05-01" if r["n"] < 2500 else "soon"} for r in _long_rows()]
+    ),
+}
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("case", list(JSONL_CASES))
+def test_jsonl_gives_the_line_parsers_tables_across_blocks(tmp_path: Path, case: str, compress: bool) -> None:
+    from thresher.pipelines.io import readers
+
+    data = JSONL_CASES[case]()
+    src = tmp_path / ("docs.jsonl.gz" if compress else "docs.jsonl")
+    src.write_bytes(gzip.compress(data) if compress else data)
+    assert len(_lines_of(_long_rows(2500))) > readers.JSON_BLOCK_BYTES  # the changes at row 2500 come later
+    for batch_rows in (7, 700, 10_000):
+        fast, lines = list(readers._jsonl(src, batch_rows)), list(readers._jsonl_lines(src, batch_rows))
+        assert [t.num_rows for t in fast] == [t.num_rows for t in lines]
+        for a, b in zip(fast, lines, strict=True):
+            assert a.schema == b.schema and a.equals(b)
+            assert all(c.num_chunks == 1 for c in a.columns)
+
+
+@pytest.mark.parametrize("batch_rows", [7, 700, 2999, 3000, 10_000])
+def test_jsonl_streams_well_formed_lines_without_falling_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int
+) -> None:
+    from thresher.pipelines.io import readers
+
+    src = tmp_path / "docs.jsonl"
+    src.write_bytes(JSONL_CASES["plain"]())
+    lines = list(readers._jsonl_lines(src, batch_rows))
+
+    def no_fallback(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the streaming reader fell back")
+
+    monkeypatch.setattr(readers, "_jsonl_batches", no_fallback)
+    monkeypatch.setattr(readers, "_jsonl_lines", no_fallback)
+    fast = list(readers._jsonl(src, batch_rows))
+    assert [t.num_rows for t in fast] == [t.num_rows for t in lines]
+    assert all(a.equals(b) and a.schema == b.schema for a, b in zip(fast, lines, strict=True))
+
+
+@pytest.mark.parametrize("where", [3, 2500], ids=["first-block", "later-block"])
+def test_jsonl_line_holding_two_objects_is_named(cli: Cli, tmp_path: Path, where: int) -> None:
+    rows = [json.dumps(r) for r in _long_rows()]
+    rows[where] += rows[where]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("\n".join(rows) + "\n")
+    result = cli("ingest", src, tmp_path / "out", "--workers", "1", "-q")
+    assert result.exit_code == 1 and f"docs.jsonl:{where + 1}: malformed JSON (Extra data" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_jsonl_shards_are_the_line_parsers_bytes(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thresher.pipelines.io import readers
+
+    # A key past the first block (left out, as ingest wants), a blank line and no final newline: the
+    # streaming reader hands over to the slower readers on the way.
+    rows = _late(_long_rows(), "lang", "de", 2600)
+    rows = [{**r, "score": r["n"] / 7 if r["n"] >= 5 else None} for r in rows]
+    src = tmp_path / "docs.jsonl"
+    src.write_bytes(_lines_of(rows[:2000]) + b"\n" + _lines_of(rows[2000:]).rstrip(b"\n"))
+    ingest(
+        cli, src, tmp_path / "fast", "--batch-rows", "500", "--rows-per-shard", "1000", "--columns", "n,score"
+    )
+
+    def no_arrow(*args: object, **kwargs: object) -> None:
+        raise ValueError("line parser only")
+
+    monkeypatch.setattr(readers, "_jsonl_arrow", no_arrow)
+    ingest(
+        cli,
+        src,
+        tmp_path / "lines",
+        "--batch-rows",
+        "500",
+        "--rows-per-shard",
+        "1000",
+        "--columns",
+        "n,score",
+    )
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+    fast, lines = files(tmp_path / "fast"), files(tmp_path / "lines")
+    assert sum(name.startswith("part-") for name in fast) == 3 and fast == lines

@@ -3,6 +3,8 @@ near duplicates, determinism, and awkward input."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -342,3 +344,32 @@ def test_a_member_tries_at_most_max_clusters_of_its_component() -> None:
     assert head[9] == 5 and comparisons == sum(range(10)) - 3
     head, comparisons = verify_clusters(order, labels, similarity, 0.8, max_clusters=3)
     assert head[9] == 9 and comparisons == 0 + 1 + 2 + 3 * 7
+
+
+def test_minhash_keeps_pandas_out_of_the_process_and_lets_it_back_in_after(tmp_path: Path) -> None:
+    """pyarrow would import pandas (54 MB) on its first Python conversion; MinHash never needs it, so its
+    tasks run with pandas kept out, in threads of this one process, and pandas works again afterwards."""
+    corpus = tmp_path / "corpus"
+    texts = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(30)) + f" {i % 300}" for i in range(400)]
+    write_shards(pa.table({"id": [str(i) for i in range(400)], "text": texts}), corpus, 200)
+    script = f"""
+import sys, threading
+from thresher.pipelines.engine.executor import run_stage
+names = set()
+original = threading.Thread.start
+def start(self):
+    names.add(self.name)
+    original(self)
+threading.Thread.start = start
+manifest = run_stage("minhash-dedup", {{}}, {str(corpus)!r}, {str(tmp_path / "out")!r}, workers=2)
+assert manifest.totals.rows_in == 400, manifest.totals
+assert "pandas" not in sys.modules, "pandas was imported during the run"
+assert any(n.startswith("thresher-task") for n in names), names
+import multiprocessing
+assert not multiprocessing.active_children()
+import pyarrow as pa
+assert pa.table({{"a": [1, 2]}}).to_pandas().shape == (2, 1)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -7,11 +7,15 @@ import multiprocessing
 import os
 import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Executor as FutureExecutor
 from pathlib import Path
 from typing import Any, Protocol
+
+import pyarrow as pa
 
 from thresher.pipelines.engine import atomic, storage
 from thresher.pipelines.engine.digest import file_digest, value_digest
@@ -26,6 +30,7 @@ from thresher.pipelines.engine.manifest import (
     TaskRecord,
     library_versions,
 )
+from thresher.pipelines.engine.no_pandas import pandas_kept_out
 from thresher.pipelines.engine.plan import InputDigests, Plan, build_plan, run_identity
 from thresher.pipelines.engine.progress import Reporter, SilentReporter
 from thresher.pipelines.engine.registry import get_stage
@@ -145,6 +150,7 @@ def is_task_done(plan: Plan, phase_index: int, task_index: int, fingerprint: str
 # process, in a pool worker, a Slurm array task or the main process alike. One entry, so a chain of
 # stages in one process holds one stage's models at a time.
 _set_up: tuple[tuple[str, str], Stage[Any]] | None = None
+_set_up_lock = threading.Lock()  # tasks of a "threads" stage start side by side
 
 
 def _stage_for_task(plan: Plan) -> Stage[Any]:
@@ -154,12 +160,13 @@ def _stage_for_task(plan: Plan) -> Stage[Any]:
         # Nothing to load: a fresh instance per task, so no state leaks from one task to the next.
         return plan.build_stage()
     key = (str(plan.output), plan.fingerprint)
-    if _set_up is None or _set_up[0] != key:
-        _set_up = None  # let the previous stage's models go before loading these
-        stage = plan.build_stage()
-        stage.setup()
-        _set_up = (key, stage)
-    return _set_up[1]
+    with _set_up_lock:
+        if _set_up is None or _set_up[0] != key:
+            _set_up = None  # let the previous stage's models go before loading these
+            stage = plan.build_stage()
+            stage.setup()
+            _set_up = (key, stage)
+        return _set_up[1]
 
 
 def execute_task(
@@ -182,7 +189,8 @@ def execute_task(
         stage = _stage_for_task(plan)  # a failing setup() fails this task, with its marker
         tc = TaskContext(stage, progress)
         start = time.perf_counter()
-        result = stage.run_task(phase.name, task, tc)
+        with contextlib.nullcontext() if stage.uses_pandas else pandas_kept_out():
+            result = stage.run_task(phase.name, task, tc)
     except Exception as exc:
         # A marker, so `thresher status` can tell a failed task from one that has not run, on any executor.
         # Best effort: on a full disk the marker cannot be written either, and the task's own error is
@@ -212,6 +220,9 @@ def execute_task(
         extra=tc.record_extra(result.extra),
     )
     atomic.write_json(plan.record_path(phase_index, task_index), record.model_dump(mode="json"))
+    # What the task freed goes back to the system now, not when the allocator gets round to it: a
+    # process runs task after task, and each would otherwise leave its peak behind.
+    pa.default_memory_pool().release_unused()
     return record
 
 
@@ -275,8 +286,9 @@ def _worker(output: str, phase_index: int, task_index: int, force: bool) -> dict
 
 
 class LocalExecutor:
-    """Runs the tasks of each phase in a process pool (in-process with one worker). The pool is started
-    once per stage and reused by every phase: starting Python workers costs about a second each."""
+    """Runs the tasks of each phase side by side: in a process pool, started once per stage and reused by
+    every phase (starting a Python worker costs about a second), or in threads of this process for a
+    stage that declares `parallel = "threads"`. With one worker, or one task, in this process alone."""
 
     def __init__(
         self, workers: int | None = None, force: bool = False, reporter: Reporter | None = None
@@ -284,7 +296,7 @@ class LocalExecutor:
         self.workers = max(1, workers or default_workers())
         self.force = force
         self.reporter = reporter or SilentReporter()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: FutureExecutor | None = None
         self._queue: Any = None
 
     def run(self, plan: Plan) -> list[TaskRecord]:
@@ -292,6 +304,8 @@ class LocalExecutor:
             return self._run_phases(plan)
         finally:
             if self._pool is not None:
+                # A failed or interrupted phase waits here for the tasks still running: cut short, they
+                # would leave temp files behind, and their threads cannot be stopped anyway.
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
 
@@ -310,17 +324,33 @@ class LocalExecutor:
             records += phase_records(plan, phase_index)
         return records
 
+    def _start_pool(self, plan: Plan) -> FutureExecutor:
+        if get_stage(plan.stage).parallel == "threads":
+            self._queue = queue.SimpleQueue()
+            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="thresher-task")
+        # spawn, not fork: pyarrow and torch keep thread pools that a forked child can deadlock on.
+        mp = multiprocessing.get_context("spawn")
+        self._queue = mp.Queue()
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=mp, initializer=_init_worker, initargs=(self._queue,)
+        )
+
+    def _submit(self, plan: Plan, phase_index: int, task_index: int) -> Future[dict[str, Any]]:
+        assert self._pool is not None
+        if isinstance(self._pool, ThreadPoolExecutor):
+            put = self._queue.put
+
+            def in_thread() -> dict[str, Any]:
+                record = execute_task(plan.output, phase_index, task_index, put, self.force)
+                return record.model_dump(mode="json")
+
+            return self._pool.submit(in_thread)
+        return self._pool.submit(_worker, str(plan.output), phase_index, task_index, self.force)
+
     def _run_pool(self, plan: Plan, phase_index: int, pending: list[int]) -> None:
         if self._pool is None:
-            # spawn, not fork: pyarrow and torch keep thread pools that a forked child can deadlock on.
-            mp = multiprocessing.get_context("spawn")
-            self._queue = mp.Queue()
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=mp, initializer=_init_worker, initargs=(self._queue,)
-            )
-        futures: set[Future[dict[str, Any]]] = {
-            self._pool.submit(_worker, str(plan.output), phase_index, i, self.force) for i in pending
-        }
+            self._pool = self._start_pool(plan)
+        futures: set[Future[dict[str, Any]]] = {self._submit(plan, phase_index, i) for i in pending}
         try:
             while futures:
                 done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)

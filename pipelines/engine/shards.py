@@ -285,6 +285,17 @@ class ShardSet:
         return file_digest(shard.path)
 
 
+def batch_rows_for(path: Path, target_bytes: int = 4 << 20, most: int = DEFAULT_BATCH_ROWS) -> int:
+    """Rows per batch that hold about `target_bytes` of decoded data, from the shard's footer (so the
+    same shard always gives the same batches): 8192 rows of 2 KB web pages already decode to 16 MB, and
+    a batch of books to gigabytes."""
+    meta = _open_parquet(path).metadata
+    decoded = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    if meta.num_rows == 0 or decoded == 0:
+        return most
+    return max(64, min(most, int(target_bytes * meta.num_rows / decoded)))
+
+
 def read_schema(path: Path) -> pa.Schema:
     return _open_parquet(path).schema_arrow
 

@@ -264,6 +264,13 @@ class Stage(ABC, Generic[P]):
     example: ClassVar[str] = ""
     # "shards": the input is a shard set; "files": raw files or datasets (ingest).
     input_kind: ClassVar[Literal["shards", "files"]] = "shards"
+    # How the local executor runs tasks side by side: in a pool of worker processes, or in threads of the
+    # main process for stages whose tasks spend their time in Arrow, numpy and hashing, which release the
+    # GIL: then the libraries sit in memory once, not once per worker, and no worker has to start.
+    parallel: ClassVar[Literal["processes", "threads"]] = "processes"
+    # False when no task of the stage needs pandas: then pyarrow's probe for it is not let import it
+    # (see no_pandas).
+    uses_pandas: ClassVar[bool] = True
     # The CLI command that runs it: ("dedup", "exact") is `thresher dedup exact`; None for `thresher apply`.
     command: ClassVar[tuple[str, ...] | None] = None
     # Phase name -> the name of the method bound to it with @phase, collected from the class and its bases.

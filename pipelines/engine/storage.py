@@ -25,14 +25,16 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
-
-from upath import UPath
+from typing import IO, TYPE_CHECKING, Any
 
 from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 OPTIONS_ENV = "THRESHER_STORAGE_OPTIONS"
 TMP_ENV = "THRESHER_TMP_DIR"
@@ -98,18 +100,28 @@ def environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
 
 
+def _is_upath(value: object) -> bool:
+    # upath (with fsspec) is imported on the first URL: a tenth of a second of every local command's start.
+    module = sys.modules.get("upath")
+    return module is not None and isinstance(value, module.UPath)
+
+
+def _upath(text: str, **options: Any) -> UPath:
+    from upath import UPath
+
+    return UPath(text, **options)
+
+
 def is_url(value: str | os.PathLike[str]) -> bool:
-    text = (
-        value if isinstance(value, str) else os.fspath(value) if not isinstance(value, UPath) else str(value)
-    )
+    text = value if isinstance(value, str) else os.fspath(value) if not _is_upath(value) else str(value)
     scheme, sep, _ = text.partition("://")
     return bool(sep) and scheme.isidentifier() and len(scheme) > 1
 
 
 def location(value: str | os.PathLike[str]) -> Path:
     """The path object for a local path or a URL. `file://` URLs are local paths."""
-    if isinstance(value, UPath):
-        return value if is_remote(value) else Path(value.path)
+    if _is_upath(value):
+        return value if is_remote(value) else Path(value.path)  # type: ignore[attr-defined]
     if isinstance(value, Path):
         return value
     text = str(value)
@@ -117,17 +129,17 @@ def location(value: str | os.PathLike[str]) -> Path:
         return Path(text)
     protocol = text.partition("://")[0].lower()
     if protocol in _LOCAL_PROTOCOLS:
-        return Path(UPath(text).path)
-    return UPath(text, **_options_for(protocol))  # type: ignore[return-value]
+        return Path(_upath(text).path)
+    return _upath(text, **_options_for(protocol))  # type: ignore[return-value]
 
 
 def is_path(value: object) -> bool:
     """A single location (a string, a local path or a URL path), as opposed to a list of them."""
-    return isinstance(value, str | Path | UPath)
+    return isinstance(value, str | Path) or _is_upath(value)
 
 
 def is_remote(path: object) -> bool:
-    return isinstance(path, UPath) and path.protocol not in _LOCAL_PROTOCOLS
+    return _is_upath(path) and path.protocol not in _LOCAL_PROTOCOLS  # type: ignore[attr-defined]
 
 
 def resolved(path: str | os.PathLike[str]) -> Path:

@@ -6,6 +6,7 @@ names the file and, where the format allows, the line.
 
 from __future__ import annotations
 
+import collections
 import errno
 import gzip
 import io
@@ -187,9 +188,8 @@ JSON_BLOCK_BYTES = 1 << 20
 
 
 def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
-    """JSON lines parsed by Arrow's multithreaded reader, `batch_rows` lines at a time, with the column
-    types and checks of the line parser (`_jsonl_lines`): each batch's types are inferred from that batch
-    alone and then joined to the earlier batches' schema the same way, so the shards come out the same.
+    """JSON lines parsed by Arrow, `batch_rows` rows at a time, with the column types and checks of the
+    line parser (`_jsonl_lines`), so the shards come out the same.
 
     Arrow stops at a bad line without naming it, and at a batch whose types do not join (a key holding
     other types than before). The line parser then reads the file from the start, passing over the rows
@@ -211,9 +211,144 @@ def _jsonl(path: Path, batch_rows: int) -> Iterator[pa.Table]:
 
 
 def _jsonl_arrow(path: Path, batch_rows: int) -> Iterator[pa.Table]:
-    options = pajson.ReadOptions(block_size=JSON_BLOCK_BYTES)
+    """Arrow's streaming reader while it can be sure its tables are the batch reader's
+    (`_jsonl_batches`); from the first doubt on, the batch reader itself, from the first row not yet
+    handed on and with the schema handed on so far."""
+    handed = 0
     schema: pa.Schema | None = None
+    try:
+        for table in _jsonl_stream(path, batch_rows):
+            yield table
+            handed += table.num_rows
+            schema = table.schema
+        return
+    except (pa.ArrowException, OSError, EOFError, ValueError):
+        pass
+    yield from _jsonl_batches(path, batch_rows, skip=handed, schema=schema)
+
+
+def _jsonl_stream(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    """The whole file through one streaming reader, cut again into tables of `batch_rows` rows.
+
+    The batch reader infers each batch's types from that batch alone. The streaming reader fixes them
+    from its first block and then refuses what does not fit: a new key, a value where the first block
+    had only nulls, a float where it had integers. So the first block is made the first batch exactly
+    (or all of the first batch it can hold), and whatever the streaming reader refuses goes back to the
+    batch reader. What it accepts (an integer in a float column, a key missing) the batch reader would
+    have cast to the same values."""
+    options = pajson.ReadOptions(block_size=JSON_BLOCK_BYTES)
     with _open_text(path) as f:
+        blocks = _LineBlocks(f, JSON_BLOCK_BYTES, first_lines=batch_rows)
+        first = blocks.peek()
+        # Arrow reads strings that look like ISO 8601 dates as timestamps; the line parser keeps them as
+        # the strings they are. A failure here (blank or empty first block) goes to the batch reader.
+        inferred = pajson.read_json(io.BytesIO(first), read_options=options).schema
+        schema = pa.schema([_timestamps_as_strings(f) for f in inferred])
+        parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+        reader = pajson.open_json(blocks, read_options=options, parse_options=parse)
+        try:
+            held: list[pa.RecordBatch] = []
+            held_rows = 0
+            for batch in reader:
+                # A line holding two objects, a blank line or an object over two lines makes rows and
+                # lines differ: the batch reader skips blank lines, the line parser names the others.
+                if batch.num_rows != blocks.lines.popleft():
+                    raise ValueError("rows and lines differ")
+                # Arrow does not check that strings are UTF-8; full validation does, quickly.
+                batch.validate(full=True)
+                held.append(batch)
+                held_rows += batch.num_rows
+                while held_rows >= batch_rows:
+                    table = pa.Table.from_batches(held, schema=schema)
+                    # One chunk per column, as the line parser builds it: the Parquet writer's pages (and
+                    # so the shards' bytes) follow the chunks it is handed.
+                    yield table.slice(0, batch_rows).combine_chunks()
+                    held = table.slice(batch_rows).to_batches()
+                    held_rows -= batch_rows
+            if blocks.lines:
+                raise ValueError("blocks and batches differ")
+            if held_rows:
+                yield pa.Table.from_batches(held, schema=schema).combine_chunks()
+        finally:
+            # Before the file closes under its read-ahead.
+            reader.close()
+
+
+class _LineBlocks:
+    """A file handed to Arrow in blocks that each end at a line's end, so that each block is one batch
+    of Arrow's streaming reader and its rows can be checked against its lines (`lines`, one count per
+    block handed out, oldest first). The first block holds at most `first_lines` lines."""
+
+    def __init__(self, f: IO[bytes], size: int, first_lines: int) -> None:
+        self._f = f
+        self._rest = b""
+        self._eof = False
+        self._first: bytes | None = self._next(size, first_lines)
+        self.lines: collections.deque[int] = collections.deque()
+        self.closed = False
+
+    def peek(self) -> bytes:
+        assert self._first is not None
+        return self._first
+
+    def _next(self, size: int, max_lines: int | None = None) -> bytes:
+        data = self._rest
+        while len(data) < size and not self._eof:
+            more = self._f.read(size - len(data))
+            if not more:
+                self._eof = True
+            data += more
+        end = len(data) if self._eof else data.rfind(b"\n") + 1
+        if max_lines is not None and data.count(b"\n", 0, end) >= max_lines:
+            end = 0
+            for _ in range(max_lines):
+                end = data.index(b"\n", end) + 1
+        if end == 0 and data:
+            # A line longer than a block: Arrow cannot read it whole either, and the batch reader takes
+            # over; handed on as it is, its block's count can match no batch.
+            end = len(data)
+        self._rest = data[end:]
+        return data[:end]
+
+    def read(self, size: int = -1) -> bytes:
+        if self._first is not None:
+            block, self._first = self._first, None
+        else:
+            block = self._next(size if size > 0 else JSON_BLOCK_BYTES)
+        if block:
+            lines = block.count(b"\n")
+            last = block.rfind(b"\n") + 1
+            if last < len(block):
+                # The last line without its newline: a row unless it is blank, as in the line parser.
+                lines += 1 if block[last:].strip() else 0
+                if not self._eof or self._rest:
+                    lines = -1  # cut inside a line (longer than a block): no batch matches
+            self.lines.append(lines)
+        return block
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _jsonl_batches(
+    path: Path, batch_rows: int, skip: int = 0, schema: pa.Schema | None = None
+) -> Iterator[pa.Table]:
+    """JSON lines cut into batches of `batch_rows` lines in Python, each read by Arrow on its own: each
+    batch's types are inferred from that batch alone and then joined to the earlier batches' schema the
+    way the line parser joins them. `skip` rows already handed on, in `schema`, are passed over."""
+    options = pajson.ReadOptions(block_size=JSON_BLOCK_BYTES)
+    with _open_text(path) as f:
+        while skip:
+            read = list(itertools.islice(f, skip))
+            if not read:
+                return
+            skip -= sum(1 for raw in read if not raw.isspace())
         while True:
             # Blank lines hold no row and do not count, as in the line parser.
             lines: list[bytes] = []

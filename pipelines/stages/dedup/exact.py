@@ -75,6 +75,7 @@ class ExactDedupParams(StageParams):
 
 class ExactDedup(Stage):
     name = "exact-dedup"
+    parallel = "threads"  # Arrow and numpy kernels: the GIL is released most of the time
     version = "1"
     Params = ExactDedupParams
     summary = "Drop rows whose normalised text repeats an earlier row (global, across all shards)."

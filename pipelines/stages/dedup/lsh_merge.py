@@ -19,7 +19,8 @@ from thresher.pipelines.engine import storage
 
 BAND_SCHEMA = pa.schema([("band", pa.int16()), ("key", pa.uint64()), ("doc", pa.int64())])
 PAIR_SCHEMA = pa.schema([("doc", pa.int64()), ("other", pa.int64())])
-CHUNK_ROWS = 65_536
+# Rows read from each run at a time: a band merges one run per signatures part, hundreds at a billion rows.
+CHUNK_ROWS = 8192
 
 
 def band_runs(path: Path, band: int, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -26,9 +26,6 @@ Later phases list the index of the phases they read, not their files: the plan s
 
 from __future__ import annotations
 
-import importlib.abc
-import multiprocessing
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +43,7 @@ from thresher.pipelines.engine.shards import (
     ID_COLUMN,
     ShardPart,
     ShardWriter,
+    batch_rows_for,
     dropped_table,
     iter_batches,
     shard_parts,
@@ -92,15 +90,6 @@ MAX_CLUSTERS_TRIED = 32
 CLUSTER_SCHEMA = pa.schema(
     [("shard", pa.int32()), ("row", pa.int64()), ("cluster", pa.string()), ("dup_of", pa.string())]
 )
-
-
-class _NoPandas(importlib.abc.MetaPathFinder):
-    """An import finder under which `import pandas` fails as if pandas were not installed."""
-
-    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
-        if fullname == "pandas" or fullname.startswith("pandas."):
-            raise ModuleNotFoundError(f"No module named {fullname!r} (left out of MinHash workers)")
-        return None
 
 
 def _row_groups_where(path: Path, column: str, value: int) -> pa.Table:
@@ -165,21 +154,14 @@ class MinHashParams(StageParams):
 
 class MinHashDedup(Stage):
     name = "minhash-dedup"
-    version = "3"
+    parallel = "threads"  # Arrow and numpy kernels: the GIL is released most of the time
+    uses_pandas = False
+    version = "4"
     Params = MinHashParams
     summary = "Drop near-duplicate documents (MinHash LSH), keeping one per cluster; adds minhash_cluster."
     example = "thresher dedup minhash data/01-exact data/02-minhash --threshold 0.8 --workers 16"
     command = ("dedup", "minhash")
     params: MinHashParams
-
-    def setup(self) -> None:
-        # pyarrow imports pandas the first time it converts any Python value (`pa.array`, `pa.scalar`),
-        # only to ask whether the value is a pandas object: 54 MB of RSS in each worker, a third of what
-        # a worker holds. Nothing this stage runs uses pandas, so in a pool worker, a process that runs
-        # this stage's tasks alone, pandas is reported missing before pyarrow looks for it. The main
-        # process, which may run other stages after this one, is left as it is.
-        if multiprocessing.parent_process() is not None and "pandas" not in sys.modules:
-            sys.meta_path.insert(0, _NoPandas())
 
     def lsh_shape(self) -> tuple[int, int]:
         p = self.params
@@ -606,7 +588,8 @@ class MinHashDedup(Stage):
             )
             return BatchOutcome(table.filter(pc.invert(dup)), dropped)
 
-        return map_batches(storage.location(task.inputs[0]), tc, mark, writes_dropped=not tag)
+        path = storage.location(task.inputs[0])
+        return map_batches(path, tc, mark, writes_dropped=not tag, batch_rows=batch_rows_for(path))
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         bands, rows = self.lsh_shape()

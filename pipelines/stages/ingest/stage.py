@@ -64,6 +64,7 @@ class IngestParams(StageParams):
 
 class Ingest(Stage):
     name = "ingest"
+    parallel = "threads"  # Arrow and numpy kernels: the GIL is released most of the time
     version = "1"
     Params = IngestParams
     summary = "Read JSONL(.gz/.zst), Parquet, CSV or a saved `datasets` folder into a shard set."
