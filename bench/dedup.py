@@ -16,7 +16,8 @@ above 0.8 is a true duplicate. Precision is over the (dropped, kept-as) pairs ea
 the same exact Jaccard; recall is over the true planted pairs, found when both documents end in one
 cluster. Every tool runs with its default options, in a child process; docs/s is wall time of that whole
 process (start-up included); RSS MiB is the largest sum of RSS over the process and all its children,
-sampled every 20 ms (thresher's pool workers, datatrove's task processes), and PSS MiB the same for PSS,
+sampled every 20 ms (thresher's pool workers, datatrove's task processes), and PSS MiB the same for PSS
+(sampled every 200 ms),
 which counts a library page shared by three processes a third in each.
 
 Peers: datasketch's in-memory MinHashLSH (greedy: query, insert when nothing matched; 128 permutations),
@@ -115,14 +116,24 @@ def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = psutil.Popen(list(cmd), stdout=out, stderr=err, env=env)
         peak_rss = peak_pss = 0
+        samples = 0
         while proc.poll() is None:
+            # RSS from statm every 20 ms; PSS needs all of smaps, a few ms of CPU per process that the
+            # measured tool would lose on 2 cores, so it is read every tenth sample only.
+            with_pss = samples % 10 == 0
+            samples += 1
             rss = pss = 0
             with contextlib.suppress(psutil.Error):
                 for p in [proc, *proc.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):  # ended between listing and reading
-                        info = p.memory_full_info()
-                        rss, pss = rss + info.rss, pss + info.pss
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+                        if with_pss:
+                            info = p.memory_full_info()
+                            rss, pss = rss + info.rss, pss + info.pss
+                        else:
+                            rss += p.memory_info().rss
+            peak_rss = max(peak_rss, rss)
+            if with_pss:
+                peak_pss = max(peak_pss, pss)
             time.sleep(0.02)
         seconds = time.perf_counter() - start
         out.seek(0)

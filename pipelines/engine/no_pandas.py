@@ -44,3 +44,12 @@ def pandas_kept_out() -> Iterator[None]:
             _running -= 1
             if _running == 0 and _finder in sys.meta_path:
                 sys.meta_path.remove(_finder)
+
+
+def let_pandas_in() -> None:
+    """For code inside such a stage that does need pandas after all (the `datasets` library imports it):
+    import it now, for the rest of the process."""
+    with _lock:
+        if _finder in sys.meta_path:
+            sys.meta_path.remove(_finder)
+        import pandas  # noqa: F401

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
+from thresher.pipelines.engine.no_pandas import let_pandas_in
 from thresher.pipelines.engine.shards import iter_batches
 
 JSONL_SUFFIXES = (
@@ -494,6 +495,7 @@ def _hf(path: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
 
 
 def _hf_local(path: Path, folder: Path, batch_rows: int, split: str | None) -> Iterator[pa.Table]:
+    let_pandas_in()  # ingest keeps it out, but `datasets` imports it
     import datasets
 
     try:

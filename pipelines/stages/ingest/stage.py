@@ -65,6 +65,7 @@ class IngestParams(StageParams):
 class Ingest(Stage):
     name = "ingest"
     parallel = "threads"  # Arrow and numpy kernels: the GIL is released most of the time
+    uses_pandas = False  # but the `datasets` reader lets it in (readers._hf_local)
     version = "1"
     Params = IngestParams
     summary = "Read JSONL(.gz/.zst), Parquet, CSV or a saved `datasets` folder into a shard set."
