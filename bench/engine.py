@@ -1,7 +1,7 @@
 """Engine throughput and memory: ingest + exact dedup against a plain pyarrow read+write of the same data.
 
     python bench/engine.py                          # JSON lines, 100k and 1M rows, every core
-    python bench/engine.py --rows 200000 --format parquet
+    python bench/engine.py --rows 200000 --format parquet --repeat 5
 
 Prints, for each size: rows/s of thresher (ingest, exact dedup, both) next to the floor (pyarrow reading
 the same raw files, `pyarrow.json` for JSON lines, and writing them to Parquet, nothing else), the ratios
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -72,15 +73,26 @@ def thresher(*args: str) -> tuple[float, float]:
     return seconds, rss
 
 
-def run(rows: int, workers: int | None, fmt: str) -> dict[str, float]:
+def run(rows: int, workers: int | None, fmt: str, repeat: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="thresher-bench-"))
     try:
         raw = tmp / "raw"
         make_raw(raw, rows, fmt)
-        base = floor(raw, tmp / "floor")
         jobs = ["-w", str(workers)] if workers else []
-        ingest_s, ingest_rss = thresher("ingest", str(raw), str(tmp / "ingest"), "-q", *jobs)
-        dedup_s, dedup_rss = thresher("dedup", "exact", str(tmp / "ingest"), str(tmp / "dedup"), "-q", *jobs)
+        runs: list[tuple[float, float, float, float, float]] = []
+        # Each measurement `repeat` times, interleaved, and the median taken: on a shared 2-core machine
+        # one run of the same command varies by a quarter.
+        for _ in range(repeat):
+            for folder in ("floor", "ingest", "dedup"):
+                shutil.rmtree(tmp / folder, ignore_errors=True)
+            base = floor(raw, tmp / "floor")
+            ingest_s, ingest_rss = thresher("ingest", str(raw), str(tmp / "ingest"), "-q", *jobs)
+            dedup_s, dedup_rss = thresher(
+                "dedup", "exact", str(tmp / "ingest"), str(tmp / "dedup"), "-q", *jobs
+            )
+            runs.append((base, ingest_s, dedup_s, ingest_rss, dedup_rss))
+        base, ingest_s, dedup_s = (statistics.median(r[k] for r in runs) for k in range(3))
+        ingest_rss, dedup_rss = (max(r[k] for r in runs) for k in (3, 4))
         kept = json.loads((tmp / "dedup" / "_manifest.json").read_text())["totals"]["rows_out"]
         return {
             "rows": rows,
@@ -105,13 +117,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--workers", type=int, default=None, help="default: one per core")
     parser.add_argument("--format", default="jsonl", choices=["jsonl", "parquet"], help="raw input files")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; medians are printed")
     args = parser.parse_args()
     print(
         f"{'format':<7} {'rows':>10} {'floor r/s':>10} {'ingest r/s':>10} {'dedup r/s':>10} {'both r/s':>9} "
         f"{'ingest/floor':>12} {'both/floor':>10} {'ingest MiB':>10} {'dedup MiB':>9} {'kept':>9}"
     )
     for rows in args.rows:
-        r = run(rows, args.workers, args.format)
+        r = run(rows, args.workers, args.format, args.repeat)
         print(
             f"{args.format:<7} {r['rows']:>10,} {r['floor_rows_s']:>10,.0f} {r['ingest_rows_s']:>10,.0f} "
             f"{r['dedup_rows_s']:>10,.0f} {r['pipeline_rows_s']:>9,.0f} {r['ingest_ratio']:>12.2f} "
@@ -119,7 +132,8 @@ def main() -> None:
             flush=True,
         )
     print(
-        "floor: pyarrow reads the raw files and writes Parquet, one process; MiB: RSS over the process tree"
+        "floor: pyarrow reads the raw files and writes Parquet, one process; r/s: medians of --repeat runs; "
+        "MiB: the largest RSS over the process tree"
     )
 
 

@@ -37,6 +37,7 @@ from thresher.pipelines.engine.registry import get_stage
 from thresher.pipelines.engine.shards import DROPPED_DIR, STATE_DIR, ShardSet
 from thresher.pipelines.engine.stage import (
     COUNTERS_KEY,
+    TASKS_SIDE_BY_SIDE,
     Stage,
     StageContext,
     StageParams,
@@ -339,8 +340,10 @@ class LocalExecutor:
         assert self._pool is not None
         if isinstance(self._pool, ThreadPoolExecutor):
             put = self._queue.put
+            side_by_side = self.workers
 
             def in_thread() -> dict[str, Any]:
+                TASKS_SIDE_BY_SIDE.set(side_by_side)  # each pool thread has its own context
                 record = execute_task(plan.output, phase_index, task_index, put, self.force)
                 return record.model_dump(mode="json")
 

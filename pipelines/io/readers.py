@@ -26,6 +26,7 @@ from thresher.pipelines.engine import storage
 from thresher.pipelines.engine.errors import ThresherError, UsageError, filesystem_error
 from thresher.pipelines.engine.no_pandas import let_pandas_in
 from thresher.pipelines.engine.shards import iter_batches
+from thresher.pipelines.engine.stage import arrow_threads
 
 JSONL_SUFFIXES = (
     ".jsonl",
@@ -237,7 +238,7 @@ def _jsonl_stream(path: Path, batch_rows: int) -> Iterator[pa.Table]:
     (or all of the first batch it can hold), and whatever the streaming reader refuses goes back to the
     batch reader. What it accepts (an integer in a float column, a key missing) the batch reader would
     have cast to the same values."""
-    options = pajson.ReadOptions(block_size=JSON_BLOCK_BYTES)
+    options = pajson.ReadOptions(block_size=JSON_BLOCK_BYTES, use_threads=arrow_threads())
     with _open_text(path) as f:
         blocks = _LineBlocks(f, JSON_BLOCK_BYTES, first_lines=batch_rows)
         first = blocks.peek()
