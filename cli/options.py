@@ -42,7 +42,8 @@ def common_parameters(
             default_workers(),
             "--workers",
             "-w",
-            help="Parallel tasks (processes), at least 1; default: the CPUs this process may use.",
+            help="Tasks run side by side, at least 1 (worker processes, or threads for ingest, exact and "
+            "MinHash dedup); default: the CPUs this process may use.",
             min=1,
         ),
         opt("seed", int | None, seed_default, "--seed", help=seed_help),
