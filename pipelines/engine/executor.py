@@ -272,9 +272,10 @@ def rows_of(plan: Plan, phase_index: int, tasks: list[int]) -> int | None:
 _progress_queue: Any = None
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, side_by_side: int) -> None:
     global _progress_queue
     _progress_queue = progress_queue
+    TASKS_SIDE_BY_SIDE.set(side_by_side)
 
 
 def _worker(output: str, phase_index: int, task_index: int, force: bool) -> dict[str, Any]:
@@ -333,7 +334,10 @@ class LocalExecutor:
         mp = multiprocessing.get_context("spawn")
         self._queue = mp.Queue()
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=mp, initializer=_init_worker, initargs=(self._queue,)
+            max_workers=self.workers,
+            mp_context=mp,
+            initializer=_init_worker,
+            initargs=(self._queue, self.workers),
         )
 
     def _submit(self, plan: Plan, phase_index: int, task_index: int) -> Future[dict[str, Any]]:

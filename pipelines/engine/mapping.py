@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from thresher.pipelines.engine.shards import (
     DROPPED_SCHEMA,
     ID_COLUMN,
+    batch_rows_for,
     dropped_table,
     iter_batches,
     read_schema,
@@ -78,7 +79,7 @@ OffsetBatchFn = Callable[[pa.RecordBatch, int], BatchOutcome]
 
 
 def map_shard(
-    shard_path: Path, tc: TaskContext, fn: BatchFn, *, writes_dropped: bool, batch_rows: int = 8192
+    shard_path: Path, tc: TaskContext, fn: BatchFn, *, writes_dropped: bool, batch_rows: int | None = None
 ) -> TaskResult:
     """`map_batches` for a function that needs no row offsets."""
     return map_batches(
@@ -87,11 +88,17 @@ def map_shard(
 
 
 def map_batches(
-    shard_path: Path, tc: TaskContext, fn: OffsetBatchFn, *, writes_dropped: bool, batch_rows: int = 8192
+    shard_path: Path,
+    tc: TaskContext,
+    fn: OffsetBatchFn,
+    *,
+    writes_dropped: bool,
+    batch_rows: int | None = None,
 ) -> TaskResult:
     """Stream one shard through `fn`, writing kept rows to the output shard of the same name and, for a
     filtering stage, dropped rows to `_dropped/<shard>`; add each outcome's counts to the task's counters.
-    Memory is bounded by the batch, not the shard."""
+    Memory is bounded by the batch, not the shard: `batch_rows` rows, by default as many as hold about
+    4 MiB of the shard's decoded data (`batch_rows_for`), at most 8192."""
     out_path = tc.stage.ctx.output / shard_path.name
     writer = None
     dropped_writer = tc.writer(tc.dropped_path(shard_path.name), DROPPED_SCHEMA) if writes_dropped else None
@@ -103,7 +110,8 @@ def map_batches(
             tc.count(name, n)
 
     try:
-        for batch in iter_batches(shard_path, batch_rows=batch_rows):
+        rows = batch_rows or batch_rows_for(shard_path)
+        for batch in iter_batches(shard_path, batch_rows=rows):
             outcome = fn(batch, rows_in)
             take(outcome)
             rows_in += batch.num_rows
@@ -145,7 +153,7 @@ class MapStage(Stage[P]):
     every task needs (absolute paths, say), and `start_task` for per-task state."""
 
     phase_name: ClassVar[str] = "map"
-    batch_rows: ClassVar[int] = 8192
+    batch_rows: ClassVar[int | None] = None  # None: sized by bytes (see map_batches)
 
     @classmethod
     def declared_phases(cls) -> list[str]:

@@ -43,7 +43,6 @@ from thresher.pipelines.engine.shards import (
     ID_COLUMN,
     ShardPart,
     ShardWriter,
-    batch_rows_for,
     dropped_table,
     iter_batches,
     shard_parts,
@@ -588,8 +587,7 @@ class MinHashDedup(Stage):
             )
             return BatchOutcome(table.filter(pc.invert(dup)), dropped)
 
-        path = storage.location(task.inputs[0])
-        return map_batches(path, tc, mark, writes_dropped=not tag, batch_rows=batch_rows_for(path))
+        return map_batches(storage.location(task.inputs[0]), tc, mark, writes_dropped=not tag)
 
     def summarize(self, records: list[TaskRecord]) -> dict[str, Any]:
         bands, rows = self.lsh_shape()
